@@ -17,3 +17,9 @@ __all__ = [
     "na_flat",
     "na_joint",
 ]
+
+# Patching API (issue 4)
+from .api import PatchHandle, is_patched, patch, patched, unpatch  # noqa: E402
+from .config import NAConfig, list_presets, load_config  # noqa: E402
+
+__all__ += ["NAConfig", "PatchHandle", "is_patched", "list_presets", "load_config", "patch", "patched", "unpatch"]

@@ -269,7 +269,7 @@ def na_joint(
 
 def _na_nd(ndim, query, key, value, kernel_size, stride, dilation, is_causal, scale, extra_keys, extra_values,
            extra_lengths, backend, return_lse):  # fmt: skip
-    layout = "[B, " + ", ".join("THW"[3 - ndim :]) + ", heads, D]"
+    layout = "[B, " + ", ".join({1: "L", 2: "HW", 3: "THW"}[ndim]) + ", heads, D]"
     _check_qkv(query, key, value, ndim + 3, layout)
     grid = tuple(query.shape[1 : 1 + ndim])
     flat = [t.reshape(t.shape[0], -1, t.shape[-2], t.shape[-1]) for t in (query, key, value)]

@@ -1,0 +1,296 @@
+"""Public patching API: :func:`patch`, :func:`unpatch`, :func:`patched`, :func:`is_patched`.
+
+``handle = na_accel.patch(pipe_or_transformer, config="hunyuan_fast")`` replaces dense self-attention of the
+supported diffusers transformers (HunyuanVideo, FLUX.1, Cosmos 1.0 / Predict2, Wan 2.1 / 2.2) with GNA, layer by
+layer as the config says; ``na_accel.unpatch(obj)`` restores the original processor objects and hooks, after which
+outputs are bit-identical to a never-patched model.
+
+Denoising steps (for ``dense_steps``) are counted as distinct ``timestep`` values seen by the transformer(s) of one
+handle: cond and uncond passes of one step share a timestep, so they share a plan. A new generation starts when the
+timestep increases, when the pipeline's ``scheduler.set_timesteps`` is called (hooked when a pipeline is patched),
+or when :meth:`PatchHandle.new_generation` is called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .config import NAConfig, load_config
+from .errors import ConfigError, NAAccelError, UnsupportedModelError
+from .patches import StepTracker, TransformerPatch, adapter_for, supported_models_text
+
+__all__ = ["AlreadyPatchedError", "PatchHandle", "is_patched", "patch", "patched", "unpatch"]
+
+logger = logging.getLogger("na_accel")
+
+_TRANSFORMER_ATTRS = ("transformer", "transformer_2")
+
+# transformer module -> the handle that patched it
+_PATCHES: weakref.WeakKeyDictionary[torch.nn.Module, PatchHandle] = weakref.WeakKeyDictionary()
+
+
+class AlreadyPatchedError(NAAccelError, RuntimeError):
+    """The model is already patched by na_accel."""
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    while isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
+        module = module._orig_mod
+    return module
+
+
+def _targets(obj: Any) -> tuple[list[tuple[str, torch.nn.Module]], Any]:
+    """``([(label, transformer), ...], pipeline or None)`` for a transformer or a diffusers pipeline."""
+    if isinstance(obj, torch.nn.Module):
+        return [("transformer", _unwrap(obj))], None
+    found = []
+    for attr in _TRANSFORMER_ATTRS:
+        module = getattr(obj, attr, None)
+        if isinstance(module, torch.nn.Module):
+            found.append((attr, _unwrap(module)))
+    if not found:
+        raise UnsupportedModelError(
+            f"na_accel cannot patch {type(obj).__name__}: it is neither a supported transformer nor a pipeline with "
+            f"a `transformer` attribute. Supported models: {supported_models_text()}."
+        )
+    return found, obj
+
+
+class _SchedulerHook:
+    """Wraps ``scheduler.set_timesteps`` on the instance so every generation restarts the step count."""
+
+    def __init__(self, scheduler, tracker: StepTracker) -> None:
+        self.scheduler = scheduler
+        self.had_instance_attr = "set_timesteps" in vars(scheduler)
+        self.original = scheduler.set_timesteps
+
+        @functools.wraps(self.original)
+        def set_timesteps(*args, **kwargs):
+            tracker.new_generation()
+            return self.original(*args, **kwargs)
+
+        self.wrapper = set_timesteps
+        scheduler.set_timesteps = set_timesteps
+
+    def remove(self) -> None:
+        if vars(self.scheduler).get("set_timesteps") is not self.wrapper:
+            return
+        if self.had_instance_attr:
+            self.scheduler.set_timesteps = self.original
+        else:
+            del self.scheduler.set_timesteps
+
+
+class PatchHandle:
+    """What :func:`patch` installed. Use :meth:`summary` to see the per-layer plan, :meth:`unpatch` to undo."""
+
+    def __init__(self, target: Any, patches: list[TransformerPatch], config: NAConfig, tracker: StepTracker,
+                 scheduler_hook: _SchedulerHook | None) -> None:  # fmt: skip
+        self._target = weakref.ref(target) if _weakrefable(target) else (lambda: target)
+        self._patches = patches
+        self.config = config
+        self._tracker = tracker
+        self._scheduler_hook = scheduler_hook
+        self._active = True
+
+    # ---- state ---------------------------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """True until :meth:`unpatch`."""
+        return self._active
+
+    @property
+    def transformers(self) -> dict[str, torch.nn.Module]:
+        """The patched transformers by attribute name (``transformer``, ``transformer_2``)."""
+        return {p.label: p.model for p in self._patches}
+
+    @property
+    def step(self) -> int | None:
+        """Index of the current denoising step in the current generation (None before the first forward)."""
+        return self._tracker.step
+
+    def new_generation(self) -> None:
+        """Restart step counting: the next forward is step 0 (and dense if ``dense_steps > 0``)."""
+        self._tracker.new_generation()
+
+    def layer_plans(self) -> list[dict[str, Any]]:
+        """One dict per self-attention layer: transformer, layer, rule, window (for the last seen grid), reason."""
+        rows = []
+        for p in self._patches:
+            for layer in p.layers:
+                r = layer.resolved
+                rows.append({
+                    "transformer": p.label,
+                    "layer": layer.name,
+                    "rule": None if layer.rule is None else layer.rule.match,
+                    "patched": layer.static_reason is None,
+                    "kernel_size": None if layer.params is None else layer.params.kernel_size,
+                    "stride": None if layer.params is None else layer.params.stride,
+                    "dilation": None if layer.params is None else layer.params.dilation,
+                    "grid": None if r is None else r.grid,
+                    "dense_reason": layer.reason if layer.params is None else None,
+                    "sparse_calls": layer.stats.sparse,
+                    "dense_calls": layer.stats.dense,
+                    "fallback_calls": layer.stats.fallback,
+                    "last_fallback": layer.stats.last_fallback,
+                })  # fmt: skip
+        return rows
+
+    def summary(self) -> str:
+        """Readable per-layer plan: which layer got which window (resolved for the last seen grid, and the rule as
+        configured), which stayed dense and why, and call counts."""
+        cfg = self.config
+        name = f"preset {cfg.name!r} ({cfg.source})" if cfg.name else cfg.source
+        lines = [f"na_accel patch{'' if self._active else ' (removed)'}: config {name}"]
+        if cfg.description:
+            lines.append(f"  description: {cfg.description}")
+        lines.append(f"  measured: {cfg.measured}")
+        d = cfg.defaults
+        lines.append(
+            f"  dense_steps: {cfg.dense_steps} (steps counted as distinct timesteps per generation); "
+            f"on_oversize: {d.on_oversize}; backend: {d.backend}"
+        )
+        gen = self._tracker
+        if gen.step is not None:
+            lines.append(f"  generation {gen.generation}, step {gen.step} (timestep {gen.last_t:g})")
+        for p in self._patches:
+            lines.extend(p.summary_lines())
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "removed"
+        return f"<na_accel.PatchHandle {state}: {', '.join(self.transformers)} with config {self.config.source}>"
+
+    # ---- undo ----------------------------------------------------------------------------------------------------
+
+    def unpatch(self) -> None:
+        """Restore the original processors, hooks and scheduler; idempotent."""
+        if not self._active:
+            return
+        self._active = False
+        for p in self._patches:
+            p.remove()
+            if _PATCHES.get(p.model) is self:
+                del _PATCHES[p.model]
+        if self._scheduler_hook is not None:
+            self._scheduler_hook.remove()
+            self._scheduler_hook = None
+
+    def __enter__(self) -> PatchHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unpatch()
+
+
+def _weakrefable(obj) -> bool:
+    try:
+        weakref.ref(obj)
+        return True
+    except TypeError:
+        return False
+
+
+def patch(obj: Any, config: NAConfig | dict | str | None = None) -> PatchHandle:
+    """Patch a diffusers transformer, or a pipeline's ``transformer`` (and ``transformer_2``), with GNA.
+
+    Args:
+        obj: a ``HunyuanVideoTransformer3DModel``, ``FluxTransformer2DModel``, ``CosmosTransformer3DModel`` or
+            ``WanTransformer3DModel`` (also wrapped by ``torch.compile``), or a pipeline holding them.
+        config: a preset name (see :func:`na_accel.list_presets`), a path to a YAML file, a dict in the YAML
+            schema, or an :class:`~na_accel.config.NAConfig`. None: the family's ``*_fast`` preset.
+
+    Raises:
+        UnsupportedModelError: ``obj`` is not a supported model (the message names the supported ones).
+        AlreadyPatchedError: already patched; call ``na_accel.unpatch(obj)`` first.
+        ConfigError: invalid config, a config for another model, or a rule matching no layer.
+    """
+    targets, pipeline = _targets(obj)
+    adapters = [adapter_for(model) for _, model in targets]
+    for label, model in targets:
+        if model in _PATCHES:
+            raise AlreadyPatchedError(
+                f"{type(model).__name__} ({label}) is already patched by na_accel; call na_accel.unpatch(obj) "
+                "(or handle.unpatch()) first."
+            )
+    if config is None:
+        config = adapters[0].default_preset
+    cfg = load_config(config)
+    for (label, model), adapter in zip(targets, adapters):
+        if cfg.model is not None and cfg.model != adapter.model_class:
+            raise ConfigError(
+                f"{cfg.source}: model: the config is for {cfg.model}, but {label} is {adapter.model_class}. Use a "
+                f"config for {adapter.model_class} (e.g. preset {adapter.default_preset!r})."
+            )
+    tracker = StepTracker()
+    patches: list[TransformerPatch] = []
+    scheduler_hook = None
+    try:
+        for (label, model), adapter in zip(targets, adapters):
+            tp = TransformerPatch(model, adapter, cfg, tracker, label)
+            tp.plan_layers()
+            patches.append(tp)
+        for tp in patches:
+            tp.install()
+        scheduler = getattr(pipeline, "scheduler", None) if pipeline is not None else None
+        if scheduler is not None and callable(getattr(scheduler, "set_timesteps", None)):
+            scheduler_hook = _SchedulerHook(scheduler, tracker)
+    except BaseException:
+        for tp in patches:
+            tp.remove()
+        raise
+    handle = PatchHandle(obj, patches, cfg, tracker, scheduler_hook)
+    for tp in patches:
+        _PATCHES[tp.model] = handle
+    logger.debug("na_accel: patched %s", handle)
+    return handle
+
+
+def _handles(obj: Any) -> list[PatchHandle]:
+    if isinstance(obj, PatchHandle):
+        return [obj] if obj.active else []
+    if isinstance(obj, torch.nn.Module):
+        models = [_unwrap(obj)]
+    else:
+        models = [_unwrap(m) for a in _TRANSFORMER_ATTRS if isinstance(m := getattr(obj, a, None), torch.nn.Module)]
+    out: list[PatchHandle] = []
+    for m in models:
+        h = _PATCHES.get(m)
+        if h is not None and h not in out:
+            out.append(h)
+    return out
+
+
+def unpatch(obj: Any) -> bool:
+    """Undo :func:`patch` for a transformer, a pipeline or a :class:`PatchHandle`.
+
+    Removes the whole patch the object belongs to (for a pipeline patched as a whole, both transformers) and
+    restores the original processor objects, hooks and the scheduler. Returns False if nothing was patched.
+    """
+    handles = _handles(obj)
+    for h in handles:
+        h.unpatch()
+    return bool(handles)
+
+
+def is_patched(obj: Any) -> bool:
+    """True if the transformer, or any transformer of the pipeline, is patched by na_accel."""
+    return bool(_handles(obj))
+
+
+@contextlib.contextmanager
+def patched(obj: Any, config: NAConfig | dict | str | None = None) -> Iterator[PatchHandle]:
+    """Context manager: ``with na_accel.patched(pipe, config="wan_fast") as handle: ...``; unpatches on exit."""
+    handle = patch(obj, config=config)
+    try:
+        yield handle
+    finally:
+        handle.unpatch()

@@ -1,0 +1,565 @@
+"""``na-accel`` command line: generate, ab, check, bench, presets.
+
+Without ``--model`` every command uses the built-in tiny random-weight pipeline (HunyuanVideo layout), so it runs
+offline on a CPU in seconds; its outputs are labelled "tiny random-weight model". ``--model`` takes a Hugging
+Face hub id or a local diffusers pipeline directory (``DiffusionPipeline.from_pretrained``); ``--model
+tiny:<family>`` picks another tiny family (hunyuan, flux, cosmos, wan).
+
+Bad input (missing or empty prompt file, unknown preset, invalid YAML, unsupported model, a size the model cannot
+take, an output directory that cannot be written) gives a one-line ``error: ...`` on stderr and exit code 2,
+before anything is written. A failed quality gate (``check``) exits with 1.
+
+torch and diffusers are imported inside the commands, so ``na-accel --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="na-accel",
+    help="Fused generalized neighborhood attention for diffusers video/image transformers: generate, A/B test, "
+    "quality-check and benchmark configs. Without --model, commands use a built-in tiny random-weight model "
+    "(offline, CPU, seconds).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+# ------------------------------------------------------------------------------------------------------------
+# Shared options
+# ------------------------------------------------------------------------------------------------------------
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Hub id or local pipeline directory. Default: the built-in tiny random-weight model; "
+        "'tiny:<family>' picks hunyuan|flux|cosmos|wan.",
+    ),
+]
+HeightOpt = Annotated[int | None, typer.Option("--height", help="Height in pixels (default: the model's).")]
+WidthOpt = Annotated[int | None, typer.Option("--width", help="Width in pixels (default: the model's).")]
+FramesOpt = Annotated[int | None, typer.Option("--frames", help="Number of frames (video models; 4k+1 etc.).")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="Denoising steps (default: the model's).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the first prompt; prompt i uses seed + i.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N (default: cuda if available).")]
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", help="float32|bfloat16|float16 (default: bf16 on CUDA, fp32 on CPU).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _one_line(msg: str) -> str:
+    parts = [p.strip() for p in str(msg).strip().splitlines() if p.strip()]
+    return "; ".join(parts) if parts else "unknown error"
+
+
+def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
+    typer.echo(f"error: {_one_line(msg)}", err=True)
+    raise typer.Exit(code=code)
+
+
+@contextlib.contextmanager
+def _handle_errors() -> Iterator[None]:
+    """Turn user-input errors into one line on stderr and exit code 2; anything else into exit code 1."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001
+        from .errors import NAAccelError
+
+        if os.environ.get("NA_ACCEL_DEBUG"):
+            raise
+        if isinstance(e, NAAccelError):
+            _fail(str(e), EXIT_BAD_INPUT)
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            _fail(f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else str(e), EXIT_BAD_INPUT)
+        _fail(f"{type(e).__name__}: {e} (set NA_ACCEL_DEBUG=1 for the traceback)", EXIT_FAILED)
+
+
+def _info(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _check_out(out: Path) -> None:
+    from .media import check_writable_dir
+
+    why = check_writable_dir(out)
+    if why:
+        _fail(why)
+
+
+def _prepare_out(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"cannot create output directory {str(out)!r}: {e.strerror or e}")
+    return out
+
+
+def _quiet_libraries() -> None:
+    """Keep diffusers/transformers warnings (e.g. prompt truncation) off the terminal; errors still show."""
+    with contextlib.suppress(Exception):
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+    with contextlib.suppress(Exception):
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+
+
+def _load(model: str | None, device: str | None, dtype: str | None) -> Any:
+    from .generate import load_model
+
+    _quiet_libraries()
+    lm = load_model(model, device=device, dtype=dtype)
+    where = "built-in" if lm.random_weights and model is None else "loaded"
+    _info(f"model: {lm.label} ({where}, {lm.device}, {lm.dtype}, {lm.load_s:.1f} s)")
+    return lm
+
+
+# ------------------------------------------------------------------------------------------------------------
+# generate
+# ------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def generate(
+    prompt_file: Annotated[Path, typer.Argument(help="Text file, one prompt per non-empty line ('#' comments).")],
+    model: ModelOpt = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="Preset name or YAML path (default: the model family's preset)."),
+    ] = None,
+    dense: Annotated[bool, typer.Option("--dense", help="Run the unpatched (dense) model.")] = False,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    frames: FramesOpt = None,
+    steps: StepsOpt = None,
+    seed: SeedOpt = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("na_accel_outputs"),
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate one output per prompt line: MP4 for video models, PNG for image models, plus a JSON sidecar."""
+    with _handle_errors():
+        from .generate import read_prompts
+
+        prompts = read_prompts(prompt_file)
+        if dense and config is not None and config not in ("dense", "none"):
+            _fail("--dense and --config are mutually exclusive")
+        _check_out(out)
+        rc = _resolve_cfg(config, dense)  # before the model: an unknown preset or bad YAML fails fast
+        lm = _load(model, device, dtype)
+        rc = rc or _default_cfg(lm)
+        summary = _fits(lm, rc)
+        from .generate import generation_kwargs
+
+        kw = generation_kwargs(lm, height, width, frames, steps)
+        _prepare_out(out)
+        _run_generate(lm, rc, summary, prompts, kw, seed, out, progress=not quiet)
+
+
+def _resolve_cfg(config: str | None, dense: bool) -> Any:
+    from .generate import resolve_config
+
+    if dense or config is not None:
+        return resolve_config(config, dense=dense)
+    return None
+
+
+def _default_cfg(lm: Any) -> Any:
+    from .generate import default_config_for, resolve_config
+
+    name = default_config_for(lm)
+    if name is None:
+        _fail(f"no shipped preset for {lm.label}; pass --config NAME_OR_PATH or --dense")
+    _info(f"config: {name} (the {lm.family} preset; --dense for the unpatched model)")
+    return resolve_config(name)
+
+
+def _fits(lm: Any, rc: Any) -> Any:
+    from .generate import check_config_fits
+
+    return check_config_fits(lm, rc)
+
+
+def _run_generate(lm: Any, rc: Any, summary: Any, prompts: list[str], kw: dict, seed: int, out: Path,
+                  progress: bool) -> None:
+    from . import media
+    from .generate import command_line, device_description, maybe_patched, now_iso, versions
+    from .quality import run_pipeline
+
+    n = len(prompts)
+    tag = f"__{lm.file_tag}" if lm.file_tag else ""
+    vers = versions()
+    dev = device_description(lm.device)
+    with maybe_patched(lm.pipe, rc.config):
+        for i, prompt in enumerate(prompts):
+            s = seed + i
+            _info(f"[{i + 1}/{n}] {rc.name}: {prompt!r} (seed {s})")
+            r = run_pipeline(lm.pipe, prompt, s, progress=progress, **kw)
+            stem = out / f"{i:03d}_{media.slugify(prompt)}__{rc.name}{tag}"
+            path = media.write_media(stem, r.frames, fps=lm.fps)
+            f, _, h, w = r.frames.shape
+            sidecar = {
+                "file": path.name,
+                "kind": "video" if f > 1 else "image",
+                "model": lm.label,
+                "model_id": lm.model_id,
+                "model_class": type(lm.pipe).__name__,
+                "transformer_class": type(lm.pipe.transformer).__name__,
+                "family": lm.family,
+                "random_weights": lm.random_weights,
+                "config": rc.name,
+                "config_source": rc.source,
+                "patch_summary": summary,
+                "prompt": prompt,
+                "prompt_index": i,
+                "seed": s,
+                "height": h,
+                "width": w,
+                "frames": f,
+                "fps": lm.fps if f > 1 else None,
+                "steps": kw.get("num_inference_steps"),
+                "generation_kwargs": {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool))},
+                "timings": {
+                    "total_s": r.total_s,
+                    "step_s": r.step_s,
+                    "mean_step_s": r.mean_step_s,
+                    "model_load_s": lm.load_s,
+                },
+                "peak_gpu_mem_bytes": r.peak_mem_bytes,
+                "versions": vers,
+                "device": dev,
+                "dtype": lm.dtype,
+                "created": now_iso(),
+                "command": command_line(),
+            }
+            media.write_json(path.with_suffix(".json"), sidecar)
+            _info(f"  -> {path} ({r.total_s:.2f} s)")
+    typer.echo(f"wrote {n} output(s) to {out}" + (" [tiny random-weight model]" if lm.random_weights else ""))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ab
+# ------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def ab(
+    prompt_file: Annotated[Path, typer.Argument(help="Text file, one prompt per non-empty line.")],
+    configs: Annotated[
+        str, typer.Option("--configs", help="Comma-separated config names/paths; 'dense' is always run first.")
+    ] = "dense",
+    model: ModelOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    frames: FramesOpt = None,
+    steps: StepsOpt = None,
+    seed: SeedOpt = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("na_accel_ab"),
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help="Untimed warm-up runs per config (default: 1 on CUDA, 0 on CPU).")
+    ] = None,
+    attention: Annotated[
+        bool, typer.Option("--attention/--no-attention", help="Per-layer attention error on the calibration step.")
+    ] = True,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run every config on the same prompts and seeds; time, memory and quality vs dense; tables, plot, grids."""
+    with _handle_errors():
+        from .generate import generation_kwargs, read_prompts, resolve_config
+
+        prompts = read_prompts(prompt_file)
+        names = [c.strip() for c in configs.split(",") if c.strip()]
+        if not names:
+            _fail("--configs is empty")
+        seen: dict[str, Any] = {}
+        for name in names:
+            rc = resolve_config(name)
+            if rc.name in seen:
+                if rc.name == "dense":
+                    continue
+                _fail(f"config {rc.name!r} is listed twice")
+            seen[rc.name] = rc
+        _check_out(out)
+        if warmup is not None and warmup < 0:
+            _fail("--warmup must be >= 0")
+        lm = _load(model, device, dtype)
+        rcs = list(seen.values())
+        for rc in rcs:
+            _fits(lm, rc)
+        kw = generation_kwargs(lm, height, width, frames, steps)
+        _prepare_out(out)
+        from .ab import run_ab
+
+        wu = warmup if warmup is not None else (1 if lm.device.startswith("cuda") else 0)
+        results = run_ab(lm, prompts, rcs, kw, seed, out, warmup=wu, progress=not quiet, attention=attention,
+                         echo=_info)
+        from .ab import results_markdown
+
+        typer.echo(results_markdown(results))
+        typer.echo(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'speed_vs_quality.png'}, "
+                   f"{len(results['comparisons'])} comparison(s) in {out / 'compare'}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# check
+# ------------------------------------------------------------------------------------------------------------
+
+DEFAULT_CHECK_PROMPT = "a red fox running through a snowy forest at sunrise, cinematic"
+
+
+@app.command()
+def check(
+    model: ModelOpt = None,
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="Preset name or YAML path (default: the family's preset).")
+    ] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", "-p", help="Prompt to check (repeatable).")
+    ] = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    frames: FramesOpt = None,
+    steps: StepsOpt = None,
+    seed: SeedOpt = 0,
+    min_psnr: Annotated[float | None, typer.Option("--min-psnr", help="Override the config's min PSNR (dB).")] = None,
+    min_ssim: Annotated[float | None, typer.Option("--min-ssim", help="Override the config's min SSIM.")] = None,
+    max_latent_rel_l2: Annotated[
+        float | None, typer.Option("--max-latent-rel-l2", help="Override the config's max latent relative L2.")
+    ] = None,
+    min_latent_cosine: Annotated[
+        float | None, typer.Option("--min-latent-cosine", help="Override the config's min latent cosine.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the reports to this JSON file.")] = None,
+    attention: Annotated[
+        bool, typer.Option("--attention/--no-attention", help="Per-layer attention error on the calibration step.")
+    ] = True,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Quality gate: patched vs dense on the same seed; exit code 1 when a threshold fails."""
+    with _handle_errors():
+        from .generate import generation_kwargs, resolve_config
+
+        prompts = [p.strip() for p in (prompt or [DEFAULT_CHECK_PROMPT])]
+        if any(not p for p in prompts):
+            _fail("--prompt must not be empty")
+        if config in ("dense", "none"):
+            _fail("check compares a config against dense; pass a preset or a YAML file, not 'dense'")
+        if json_out is not None:
+            _check_out(json_out.parent if str(json_out.parent) else Path("."))
+            if json_out.is_dir():
+                _fail(f"--json {str(json_out)!r} is a directory")
+        rc = resolve_config(config) if config is not None else None
+        lm = _load(model, device, dtype)
+        rc = rc or _default_cfg(lm)
+        _fits(lm, rc)
+        kw = generation_kwargs(lm, height, width, frames, steps)
+        from .quality import Thresholds, compare
+
+        thr = Thresholds.from_config(rc.config, min_psnr=min_psnr, min_ssim=min_ssim,
+                                     max_latent_rel_l2=max_latent_rel_l2, min_latent_cosine=min_latent_cosine)
+        reports = []
+        for i, p in enumerate(prompts):
+            _info(f"[{i + 1}/{len(prompts)}] checking {rc.name} on {p!r} (seed {seed + i})")
+            rep = compare(lm.pipe, rc.config, p, seed + i, attention=attention, progress=not quiet,
+                          thresholds=thr, model_label=lm.label, **kw)
+            rep.config = rc.name
+            rep.random_weights = lm.random_weights
+            reports.append(rep)
+            typer.echo(rep.summary())
+        passed = all(r.passed for r in reports)
+        if json_out is not None:
+            from . import media
+            from .generate import device_description, now_iso, versions
+
+            media.write_json(json_out, {
+                "model": lm.label, "random_weights": lm.random_weights, "config": rc.name,
+                "config_source": rc.source, "passed": passed, "device": device_description(lm.device),
+                "versions": versions(), "created": now_iso(), "reports": [r.to_dict() for r in reports],
+            })
+        n_fail = sum(not r.passed for r in reports)
+        typer.echo(f"quality gate {'PASSED' if passed else 'FAILED'}: {len(reports) - n_fail}/{len(reports)} "
+                   f"prompt(s) within the thresholds of {rc.name}")
+    if not passed:
+        raise typer.Exit(code=EXIT_FAILED)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# bench
+# ------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    family: Annotated[
+        str | None, typer.Option("--family", "-f", help="hunyuan|flux|cosmos|wan (default: hunyuan).")
+    ] = None,
+    model_class: Annotated[
+        str | None, typer.Option("--model-class", help="Transformer class name instead of --family.")
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="Preset name or YAML path (default: the family's preset).")
+    ] = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    frames: FramesOpt = None,
+    steps: Annotated[int, typer.Option("--steps", help="Timed transformer calls (denoising steps) per variant.")] = 1,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before timing, per variant.")] = 1,
+    total_steps: Annotated[
+        int, typer.Option("--total-steps", help="Steps of the projected full generation (with the dense steps).")
+    ] = 50,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Use the tiny transformer (allowed on CPU).")] = False,
+    device: DeviceOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the JSON record.")] = Path("bench_results"),
+) -> None:
+    """Per-step time of a real-size transformer (random weights, bf16, GPU): dense vs a config."""
+    with _handle_errors():
+        from .model_bench import family_from, make_case
+
+        fam = family_from(family, model_class)
+        if steps < 1 or warmup < 0 or total_steps < 1:
+            _fail("--steps and --total-steps must be >= 1, --warmup >= 0")
+        case = make_case(fam, height, width, frames, tiny)
+        _check_out(out)
+        import torch
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            _fail(f"--device {dev}: CUDA is not available on this machine")
+        if not dev.startswith("cuda") and not tiny:
+            _fail("bench builds a real-size model and needs a CUDA GPU; on a CPU add --tiny to exercise the code "
+                  "path with the tiny transformer")
+        from .generate import resolve_config
+
+        if config in ("dense", "none"):
+            _fail("bench compares a config against dense; pass a preset or a YAML file")
+        if config is None:
+            from .config import list_presets
+
+            cls = model_class or __import__("na_accel.model_bench", fromlist=["REAL_CONFIGS"]).REAL_CONFIGS[fam][0]
+            names = [p.name for p in list_presets() if getattr(p, "model", None) == cls]
+            names = names or [p.name for p in list_presets() if p.name.startswith(fam)]
+            if not names:
+                _fail(f"no shipped preset for {fam}; pass --config")
+            config = names[0]
+        rc = resolve_config(config)
+        _prepare_out(out)
+        from .model_bench import run_bench
+
+        _quiet_libraries()
+        rec = run_bench(fam, rc.config, rc.name, case, device=dev, iters=steps, warmup=warmup,
+                        total_steps=total_steps, echo=_info)
+        from . import media
+        from .generate import device_description, now_iso, versions
+
+        rec.update(config_source=rc.source, device=device_description(dev), versions=versions(), created=now_iso())
+        label = "tiny random-weight model" if tiny else f"real-size {rec['model_class']}, random weights"
+        rec["model"] = label
+        stamp = rec["created"].replace(":", "").replace("-", "")[:15]
+        path = media.write_json(out / f"e2e_{fam}_{rc.name}{'_tiny' if tiny else ''}_{stamp}.json", rec)
+        typer.echo(_bench_table(rec))
+        typer.echo(f"wrote {path}")
+
+
+def _bench_table(r: dict) -> str:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v * 1000:.1f} ms" if v < 10 else f"{v:.2f} s"
+
+    rows = [
+        ("model", r["model"]),
+        ("shape", f"{r['height']}x{r['width']}x{r['frames']} -> token grid {tuple(r['token_grid'])}"),
+        ("dense step", ms(r["dense_step_s"])),
+        (f"{r['config']} step", ms(r["patched_step_s"])),
+        ("speedup per sparse step", f"{r['speedup_per_sparse_step']:.2f}x" if r["speedup_per_sparse_step"] else "-"),
+        (f"{r['projection_steps']}-step projection",
+         f"{ms(r['projected_dense_s'])} -> {ms(r['projected_patched_s'])} ({r['dense_steps']} dense steps): "
+         f"{r['projected_speedup']:.2f}x" if r["projected_speedup"] else "-"),
+    ]
+    if r.get("peak_mem_dense_bytes") is not None:
+        rows.append(("peak GPU memory", f"{r['peak_mem_dense_bytes'] / 2**30:.1f} GiB dense, "
+                                        f"{r['peak_mem_patched_bytes'] / 2**30:.1f} GiB patched"))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# presets
+# ------------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def presets(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the shipped presets and what each was measured to give."""
+    with _handle_errors():
+        from .config import list_presets
+
+        items = list(list_presets())
+        rows = []
+        for p in items:
+            measured = getattr(p, "measured", None)
+            rows.append({
+                "name": p.name,
+                "model": getattr(p, "model", None),
+                "description": getattr(p, "description", None),
+                "measured": _measured_text(measured),
+                "path": str(getattr(p, "path", "") or ""),
+            })
+        if as_json:
+            import json
+
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            typer.echo("no presets shipped")
+            return
+        for r in rows:
+            typer.echo(f"{r['name']}  ({r['model']})")
+            if r["description"]:
+                typer.echo(f"    {_one_line(r['description'])}")
+            typer.echo(f"    measured: {r['measured']}")
+            typer.echo(f"    file: {r['path']}")
+
+
+def _measured_text(m: Any) -> str:
+    if m is None or m is False or m == {}:
+        return "unmeasured"
+    if isinstance(m, str):
+        return _one_line(m)
+    if hasattr(m, "model_dump"):
+        m = m.model_dump()
+    if isinstance(m, dict):
+        return ", ".join(f"{k}: {v}" for k, v in m.items() if v is not None) or "unmeasured"
+    return str(m)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""FLUX.1 (``FluxTransformer2DModel``): joint attention, text tokens then image tokens.
+
+The image grid is read from ``img_ids`` (rows ``(0, y, x)`` in raster order, as the Flux pipelines build them);
+anything else (e.g. Kontext's extra reference-image tokens) is not a single raster grid and runs dense. Single-stream
+blocks get no ``encoder_hidden_states``: their sequence is ``[text, image]`` with the text length of the forward's
+``encoder_hidden_states``. Flux pipelines pass ``timestep / 1000``; only its order matters for step counting.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .runtime import Adapter, Layout
+
+
+class FluxAdapter(Adapter):
+    family = "flux"
+    model_class = "FluxTransformer2DModel"
+    default_preset = "flux_fast"
+    processor_classes = ("FluxAttnProcessor",)
+    layer_regex = r"(transformer_blocks|single_transformer_blocks)\.\d+\.attn"
+    grid_ndim = 2
+    grid_axes = "(H, W)"
+
+    def layout(self, model, args):
+        hidden = args.get("hidden_states")
+        text = args.get("encoder_hidden_states")
+        ids = args.get("img_ids")
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+            return "hidden_states is not a (B, N, C) tensor"
+        if not isinstance(text, torch.Tensor) or text.dim() != 3:
+            return "encoder_hidden_states is not a (B, T, C) tensor"
+        if not isinstance(ids, torch.Tensor) or ids.dim() not in (2, 3):
+            return "img_ids is not an (N, 3) tensor"
+        if ids.dim() == 3:
+            ids = ids[0]
+        n = ids.shape[0]
+        if ids.shape[-1] != 3 or n != hidden.shape[1] or n == 0:
+            return f"img_ids of shape {tuple(ids.shape)} does not describe the {hidden.shape[1]} image tokens"
+        grid = raster_grid_2d(ids)
+        if isinstance(grid, str):
+            return grid
+        return Layout(grid, int(text.shape[1]), text_first=True)
+
+
+def raster_grid_2d(ids: torch.Tensor) -> tuple[int, int] | str:
+    """(H, W) if ``ids`` (N, 3) are ``(c, y0 + i // W, x0 + i % W)`` for i in range(N), else a reason."""
+    ids = ids.detach()
+    if not bool((ids == ids.round()).all()):
+        return "img_ids are not integer positions"
+    ids = ids.round().long()
+    rows, cols = ids[:, 1], ids[:, 2]
+    r0, r1, c0, c1 = (int(x) for x in torch.stack([rows.min(), rows.max(), cols.min(), cols.max()]).tolist())
+    h, w = r1 - r0 + 1, c1 - c0 + 1
+    n = ids.shape[0]
+    if h * w != n:
+        return f"img_ids span a {h} x {w} grid but hold {n} tokens (not one raster grid)"
+    i = torch.arange(n, device=ids.device)
+    expected = torch.stack([torch.full_like(i, int(ids[0, 0])), r0 + i // w, c0 + i % w], dim=1)
+    if not torch.equal(ids, expected):
+        return "img_ids are not one image grid in raster order"
+    return (h, w)

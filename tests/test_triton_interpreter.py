@@ -1,0 +1,269 @@
+"""Triton GNA kernels under the Triton interpreter (CPU), against the fp32 reference, on tiny ragged grids.
+
+Triton must be imported with ``TRITON_INTERPRET=1`` for the interpreter to work (its library functions are decorated
+at import). If this process has not imported Triton yet and has no GPU, this module imports it so (and restores the
+variable, so other test modules see no change); the tests then set ``TRITON_INTERPRET=1`` per test. Otherwise (Triton
+already compiled-mode, or a GPU machine) the whole module runs again in a subprocess with the variable set.
+bf16 is computed in fp32 under the interpreter (its bf16 ``tl.dot`` is wrong).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _import_triton_interpreted() -> bool:
+    """Import Triton in interpreter mode when still possible; True if this process interprets Triton kernels."""
+    wants = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if "triton" not in sys.modules and (wants or not torch.cuda.is_available()):
+        old = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1"
+        try:
+            import triton.language  # noqa: F401
+        except ImportError:
+            return False
+        finally:
+            if old is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            else:
+                os.environ["TRITON_INTERPRET"] = old
+    try:
+        from na_accel.kernels import triton_interpreted
+    except ImportError:
+        return False
+    return triton_interpreted()
+
+
+NATIVE = _import_triton_interpreted()
+pytest.importorskip("triton")
+
+import na_accel  # noqa: E402
+from na_accel.backends import Problem  # noqa: E402
+from na_accel.reference import gna_reference  # noqa: E402
+from na_accel.semantics import make_params  # noqa: E402
+
+pytestmark = pytest.mark.interpreter
+_SUBPROCESS_TEST = "test_interpreter_suite_in_subprocess"
+
+
+@pytest.fixture(autouse=True)
+def _interpret(monkeypatch, request):
+    if request.node.name == _SUBPROCESS_TEST:
+        return
+    if not NATIVE:
+        pytest.skip("Triton is imported in compiled mode here; run by test_interpreter_suite_in_subprocess")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.mark.skipif(NATIVE, reason="the interpreter tests run in this process")
+def test_interpreter_suite_in_subprocess():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-m", "interpreter"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+
+
+def _kernels():
+    import na_accel.kernels as kernels
+
+    return kernels
+
+
+def _make_problem(grid, kernel_size, stride=1, dilation=1, is_causal=False, *, batch=1, heads=2, head_dim=32,
+                  dtype=torch.float32, num_extra=0, extra_lengths=None, num_text_queries=0, packed=True, lse=True,
+                  seed=0):  # fmt: skip
+    """A Problem with strided q/k/v views (packed [B, N, 3, H, D] like diffusers' fused QKV), NaN-poisoned outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    params = make_params(grid, kernel_size, stride, dilation, is_causal)
+    n = params.num_tokens
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen).to(dtype)
+
+    if packed:
+        qkv = rnd(batch, n, 3, heads, head_dim)
+        q, k, v = qkv.unbind(2)
+    else:
+        q, k, v = (rnd(batch, n, heads, head_dim) for _ in range(3))
+    ek = ev = tq = None
+    if num_extra:
+        ekv = rnd(batch, num_extra, 2, heads, head_dim)
+        ek, ev = ekv.unbind(2)
+    if num_text_queries:
+        tq = rnd(batch, num_text_queries, heads, head_dim)
+    out = torch.full_like(q, float("nan"))
+    lse_t = torch.full((batch, n, heads), float("nan")) if lse else None
+    text_out = torch.full_like(tq, float("nan")) if tq is not None else None
+    text_lse = torch.full((batch, num_text_queries, heads), float("nan")) if (tq is not None and lse) else None
+    return Problem(q, k, v, params, head_dim**-0.5, ek, ev, extra_lengths, tq, out, lse_t, text_out, text_lse)
+
+
+def _check(p: Problem, atol=None):
+    ref_out, ref_lse, ref_tout, ref_tlse = gna_reference(
+        p.query.float(), p.key.float(), p.value.float(), p.params, p.scale,
+        None if p.extra_key is None else p.extra_key.float(), None if p.extra_value is None else p.extra_value.float(),
+        p.extra_lengths, None if p.text_query is None else p.text_query.float(),
+    )  # fmt: skip
+    if atol is None:
+        atol = 2e-5 if p.query.dtype == torch.float32 else (2e-3 if p.query.dtype == torch.float16 else 2e-2)
+    assert not torch.isnan(p.out).any(), "some outputs were not written"
+    torch.testing.assert_close(p.out.float(), ref_out, atol=atol, rtol=0)
+    if p.lse is not None:
+        assert not torch.isnan(p.lse).any(), "some lse entries were not written"
+        torch.testing.assert_close(p.lse, ref_lse, atol=1e-4, rtol=1e-5)
+    if p.text_query is not None:
+        assert not torch.isnan(p.text_out).any(), "some text outputs were not written"
+        torch.testing.assert_close(p.text_out.float(), ref_tout, atol=atol, rtol=0)
+        if p.text_lse is not None:
+            torch.testing.assert_close(p.text_lse, ref_tlse, atol=1e-4, rtol=1e-5)
+
+
+# (grid, kernel_size, stride, dilation, is_causal)
+CASES = [
+    ((37,), 7, 1, 1, False),
+    ((37,), 8, 3, 1, False),  # even window, GNA stride, ragged tiles
+    ((37,), 5, 5, 2, False),  # blocked + dilation, group lengths 19 and 18
+    ((37,), 6, 2, 1, True),  # causal with stride
+    ((9, 11), (3, 4), (1, 1), (1, 1), (False, False)),
+    ((9, 11), (4, 5), (2, 5), (2, 1), (False, False)),
+    ((9, 11), (3, 3), (1, 2), (1, 3), (True, False)),
+    ((9, 11), (-1, 3), (1, 1), (1, 1), (False, True)),  # whole axis + causal axis
+    ((5, 6, 7), (3, 3, 3), (1, 1, 1), (1, 1, 1), (False, False, False)),
+    ((5, 6, 7), (2, 4, 3), (2, 2, 3), (1, 1, 1), (False, False, False)),  # even windows, blocked axis
+    ((5, 6, 7), (2, 3, 3), (1, 1, 1), (2, 2, 2), (False, False, False)),  # dilation everywhere, ragged groups
+    ((5, 6, 7), (3, 3, 4), (3, 1, 2), (1, 2, 1), (True, False, False)),  # video-style causal time axis
+    ((5, 6, 7), (-1, -1, -1), (1, 1, 1), (1, 1, 1), (False, False, False)),  # dense
+    ((1, 6, 7), (1, 3, 3), (1, 1, 1), (1, 1, 1), (False, False, False)),  # size-1 axis
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-s{c[2]}-d{c[3]}-c{c[4]}")
+def test_matches_reference_fp32(case):
+    grid, ks, st, dil, causal = case
+    p = _make_problem(grid, ks, st, dil, causal, batch=2)
+    _kernels().gna_forward(p)
+    _check(p)
+
+
+@pytest.mark.parametrize(
+    "tq,tk",
+    [((1, 1, 16), (1, 4, 4)), ((4, 2, 2), (1, 1, 16)), ((2, 4, 4), (2, 2, 8)), ((8, 8, 8), (4, 4, 4))],
+)
+def test_tile_shapes(tq, tk):
+    """Other query/key tile shapes (mismatched, larger than the grid) give the same result."""
+    p = _make_problem((5, 6, 7), (3, 4, 3), (1, 2, 1), (1, 1, 2), (False, False, True))
+    _kernels().gna_forward(p, config={"tq": tq, "tk": tk})
+    _check(p)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_random_problems(ndim):
+    """A few random valid problems per number of axes (seeded)."""
+    rng = random.Random(1234 + ndim)
+    for trial in range(3):
+        grid = tuple(rng.randint(3, 9 if ndim == 3 else 14) for _ in range(ndim))
+        ks, st, dil, causal = [], [], [], []
+        for n in grid:
+            d = rng.choice([1, 1, 2]) if n >= 4 else 1
+            k = rng.randint(1, n // d)
+            ks.append(k)
+            st.append(rng.randint(1, k))
+            dil.append(d)
+            causal.append(rng.random() < 0.25)
+        p = _make_problem(grid, tuple(ks), tuple(st), tuple(dil), tuple(causal), seed=trial, packed=trial % 2 == 0)
+        _kernels().gna_forward(p)
+        _check(p)
+
+
+@pytest.mark.parametrize("lengths", [None, [3, 0], [19, 7]])
+def test_extra_keys_with_padding(lengths):
+    extra_lengths = None if lengths is None else torch.tensor(lengths)
+    p = _make_problem((4, 5, 6), (3, 3, 3), (1, 2, 1), batch=2, num_extra=19, extra_lengths=extra_lengths)
+    _kernels().gna_forward(p)
+    _check(p)
+
+
+@pytest.mark.parametrize("splits", [None, 1, 3])
+def test_text_queries(splits):
+    """Dense text queries over all grid keys and the valid extra keys; split over the keys or not."""
+    p = _make_problem((4, 5, 6), (3, 3, 3), (2, 2, 2), batch=2, num_extra=21, extra_lengths=torch.tensor([21, 9]),
+                      num_text_queries=21)  # fmt: skip
+    text_config = None if splits is None else {"num_splits": splits}
+    _kernels().gna_forward(p, text_config=text_config)
+    _check(p)
+
+
+def test_text_queries_without_extra_keys_and_lse():
+    p = _make_problem((9, 11), (3, 5), num_text_queries=5, lse=False)
+    _kernels().gna_forward(p, text_config={"num_splits": 2})
+    _check(p)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(dtype):
+    p = _make_problem((5, 6, 7), (3, 3, 3), (1, 1, 2), dtype=dtype, num_extra=8, num_text_queries=4)
+    _kernels().gna_forward(p)
+    _check(p)
+
+
+@pytest.mark.parametrize("head_dim", [8, 24, 40, 64])
+def test_head_dims(head_dim):
+    """Head dims that are not powers of two are padded (masked) to the next one."""
+    p = _make_problem((9, 11), (3, 4), (2, 1), head_dim=head_dim, num_extra=3, num_text_queries=3)
+    _kernels().gna_forward(p)
+    _check(p)
+
+
+def test_contiguous_inputs_and_strided_outputs():
+    p = _make_problem((6, 7), (3, 3), packed=False)
+    out_buf = torch.full((1, 42, 2, 2, 32), float("nan"))
+    p.out = out_buf[:, :, :, 1]  # a strided output view
+    _kernels().gna_forward(p)
+    _check(p)
+    assert torch.isnan(out_buf[:, :, :, 0]).all(), "wrote outside the output view"
+
+
+def test_functional_api_and_auto_choice():
+    """Through na_accel's public API (custom op) with backend='triton' and 'auto' (picks triton when interpreting)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 5, 6, 2, 16) for _ in range(3))
+    ref = na_accel.na3d(q, k, v, (3, 3, 3), (1, 2, 1), backend="reference")
+    out = na_accel.na3d(q, k, v, (3, 3, 3), (1, 2, 1), backend="triton")
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
+    from na_accel.backends import select_backend
+
+    p = _make_problem((4, 5, 6), 3)
+    assert select_backend("auto", p).name == "triton"
+
+
+def test_joint_text_first_with_lengths():
+    torch.manual_seed(1)
+    grid, t = (3, 4, 5), 7
+    x = [torch.randn(2, t + math.prod(grid), 2, 16) for _ in range(3)]
+    lengths = torch.tensor([7, 2])
+    kw = dict(text_first=True, text_lengths=lengths, return_lse=True)
+    out, lse = na_accel.na_joint(*x, grid, t, (2, 3, 3), (1, 1, 2), backend="triton", **kw)
+    ref, ref_lse = na_accel.na_joint(*x, grid, t, (2, 3, 3), (1, 1, 2), backend="reference", **kw)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-5)
+
+
+def test_unavailable_reasons(monkeypatch):
+    backend = _kernels().TritonBackend()
+    p = _make_problem((4, 5), 3)
+    assert backend.unavailable_reason(p) is None
+    p64 = _make_problem((4, 5), 3, dtype=torch.float64)
+    assert "float16" in backend.unavailable_reason(p64)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert "CUDA" in backend.unavailable_reason(p)
+    with pytest.raises(na_accel.BackendUnavailableError):
+        na_accel.na2d(torch.randn(1, 4, 5, 1, 16), torch.randn(1, 4, 5, 1, 16), torch.randn(1, 4, 5, 1, 16), 3,
+                      backend="triton")  # fmt: skip
