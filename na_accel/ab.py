@@ -27,6 +27,7 @@ from .quality import (
     attention_layer_errors,
     calibration_step_for,
     compare_runs,
+    coverage_notes,
     json_safe,
     run_pipeline,
 )
@@ -73,6 +74,7 @@ def _aggregate(name: str, runs: list[RunResult], reports: list[QualityReport] | 
             attention_max_rel_l2=max([r.attention_max_rel_l2 or 0.0 for r in reports], default=None),
             passed=all(r.passed for r in reports),
             failures=sorted({f for r in reports for f in r.failures}),
+            notes=sorted({note for r in reports for note in r.notes}),
         )
     return agg
 
@@ -100,6 +102,13 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"{_fmt(a['latent_cosine'], '.6f')} | {_fmt(a['attention_max_rel_l2'], '.2e')} | {gate} |"
         )
     lines.append("")
+    for row in results["configs"]:
+        for note in row["aggregate"].get("notes", []):
+            lines.append(f"- {row['name']}: {note}")
+        for fail in row["aggregate"].get("failures", []):
+            lines.append(f"- {row['name']}: FAILED {fail}")
+    if lines[-1] != "":
+        lines.append("")
     if results.get("random_weights"):
         lines.append(
             "Model: **tiny random-weight model** -- outputs are noise and timings are not representative; this "
@@ -118,18 +127,25 @@ def plot_speed_quality(results: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for row in results["configs"]:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, row in enumerate(results["configs"]):
         a = row["aggregate"]
         x = a.get("speedup_vs_dense")
         if x is None:
             continue
+        color = colors[k % len(colors)]
         for ax, key in ((axes[0], "ssim_mean"), (axes[1], "psnr_mean")):
             y = a.get(key)
             if y is None or (isinstance(y, float) and math.isinf(y)):
                 continue
-            ax.scatter([x], [y], s=40, marker="s" if row["name"] == "dense" else "o")
+            ax.scatter([x], [y], s=40, color=color, marker="s" if row["name"] == "dense" else "o")
             ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    xs = [r["aggregate"].get("speedup_vs_dense") for r in results["configs"]]
+    xs = [x for x in xs if x is not None] or [1.0]
+    lo, hi = min(xs + [1.0]), max(xs + [1.0])
+    pad = max(0.05, 0.1 * (hi - lo))
+    axes[0].set_xlim(lo - pad, hi + pad)
     axes[0].set_ylabel("SSIM vs dense (mean)")
     axes[1].set_ylabel("PSNR vs dense (dB, mean; dense = inf, not shown)")
     for ax in axes:
@@ -167,11 +183,16 @@ def run_ab(
     tag = f"__{lm.file_tag}" if lm.file_tag else ""
 
     if warmup > 0:
+        # enough steps to reach each config's first sparse step (kernel compilation, autotuning), no more
+        from .quality import dense_steps_of
+
+        wsteps = min(steps, 1 + max([dense_steps_of(c.config) for c in sparse], default=0))
+        wkw = dict(gen_kwargs, num_inference_steps=wsteps)
         for c in ordered:
             for _ in range(warmup):
-                echo(f"warm-up: {c.name}")
+                echo(f"warm-up: {c.name} ({wsteps} step(s))")
                 with maybe_patched(pipe, c.config):
-                    run_pipeline(pipe, prompts[0], seed, progress=False, **gen_kwargs)
+                    run_pipeline(pipe, prompts[0], seed, progress=False, **wkw)
 
     runs: dict[str, list[RunResult]] = {c.name: [] for c in ordered}
     reports: dict[str, list[QualityReport]] = {c.name: [] for c in sparse}
@@ -191,8 +212,9 @@ def run_ab(
         outputs["dense"].append(str(p.relative_to(out_dir)))
         for c in sparse:
             echo(f"[{i + 1}/{n}] {c.name}: {prompt!r} (seed {s})")
-            with maybe_patched(pipe, c.config):
+            with maybe_patched(pipe, c.config) as handle:
                 r = run_pipeline(pipe, prompt, s, progress=progress, **gen_kwargs)
+                notes = coverage_notes(handle, c.config, steps)
             errors = None
             if attention and cal[c.name] in dense.captured:
                 errors = attention_layer_errors(pipe, c.config, dense.captured[cal[c.name]])
@@ -209,6 +231,7 @@ def run_ab(
                 random_weights=lm.random_weights,
                 generation={k: v for k, v in gen_kwargs.items() if isinstance(v, (int, float, str))},
             )
+            rep.notes.extend(notes)
             runs[c.name].append(r)
             reports[c.name].append(rep)
             frames.append((c.name, r.frames))

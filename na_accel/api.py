@@ -5,10 +5,13 @@ supported diffusers transformers (HunyuanVideo, FLUX.1, Cosmos 1.0 / Predict2, W
 layer as the config says; ``na_accel.unpatch(obj)`` restores the original processor objects and hooks, after which
 outputs are bit-identical to a never-patched model.
 
-Denoising steps (for ``dense_steps``) are counted as distinct ``timestep`` values seen by the transformer(s) of one
-handle: cond and uncond passes of one step share a timestep, so they share a plan. A new generation starts when the
-timestep increases, when the pipeline's ``scheduler.set_timesteps`` is called (hooked when a pipeline is patched),
-or when :meth:`PatchHandle.new_generation` is called.
+Denoising steps (for ``dense_steps``) are counted per generation by the transformer(s) of one handle: a forward
+whose ``timestep`` (and, when a pipeline was patched, whose scheduler ``step_index``) equals the previous one's is
+the same step, so cond and uncond passes share a plan; anything else is the next step. A new generation starts on
+``scheduler.set_timesteps`` (hooked on the instance when a pipeline is patched), when the scheduler's step index
+returns to None, when the timestep increases, or on :meth:`PatchHandle.new_generation`. Patch the pipeline rather
+than the bare transformer when timesteps are low precision (HunyuanVideo passes bf16 timesteps; consecutive steps
+near t = 1000 round to one value).
 """
 
 from __future__ import annotations
@@ -160,7 +163,11 @@ class PatchHandle:
         )
         gen = self._tracker
         if gen.step is not None:
-            lines.append(f"  generation {gen.generation}, step {gen.step} (timestep {gen.last_t:g})")
+            where = [] if gen.last_t is None else [f"timestep {gen.last_t:g}"]
+            where += [] if gen.last_index is None else [f"scheduler step_index {gen.last_index}"]
+            lines.append(
+                f"  generation {gen.generation}, step {gen.step}" + (f" ({', '.join(where)})" if where else "")
+            )
         for p in self._patches:
             lines.extend(p.summary_lines())
         return "\n".join(lines)
@@ -224,7 +231,7 @@ def patch(obj: Any, config: NAConfig | dict | str | None = None) -> PatchHandle:
     if config is None:
         config = adapters[0].default_preset
     cfg = load_config(config)
-    for (label, model), adapter in zip(targets, adapters):
+    for (label, _model), adapter in zip(targets, adapters, strict=True):
         if cfg.model is not None and cfg.model != adapter.model_class:
             raise ConfigError(
                 f"{cfg.source}: model: the config is for {cfg.model}, but {label} is {adapter.model_class}. Use a "
@@ -234,15 +241,18 @@ def patch(obj: Any, config: NAConfig | dict | str | None = None) -> PatchHandle:
     patches: list[TransformerPatch] = []
     scheduler_hook = None
     try:
-        for (label, model), adapter in zip(targets, adapters):
+        for (label, model), adapter in zip(targets, adapters, strict=True):
             tp = TransformerPatch(model, adapter, cfg, tracker, label)
             tp.plan_layers()
             patches.append(tp)
         for tp in patches:
             tp.install()
-        scheduler = getattr(pipeline, "scheduler", None) if pipeline is not None else None
-        if scheduler is not None and callable(getattr(scheduler, "set_timesteps", None)):
-            scheduler_hook = _SchedulerHook(scheduler, tracker)
+        if pipeline is not None:
+            pipe_ref = weakref.ref(pipeline) if _weakrefable(pipeline) else (lambda: pipeline)
+            tracker.scheduler_source = lambda: getattr(pipe_ref(), "scheduler", None)
+            scheduler = getattr(pipeline, "scheduler", None)
+            if scheduler is not None and callable(getattr(scheduler, "set_timesteps", None)):
+                scheduler_hook = _SchedulerHook(scheduler, tracker)
     except BaseException:
         for tp in patches:
             tp.remove()

@@ -123,10 +123,15 @@ def _quiet_libraries() -> None:
         tlog.set_verbosity_error()
 
 
-def _load(model: str | None, device: str | None, dtype: str | None) -> Any:
+def _load(model: str | None, device: str | None, dtype: str | None, quiet: bool = False) -> Any:
     from .generate import load_model
 
     _quiet_libraries()
+    if quiet:
+        with contextlib.suppress(Exception):
+            from diffusers.utils import logging as dlog
+
+            dlog.disable_progress_bar()
     lm = load_model(model, device=device, dtype=dtype)
     where = "built-in" if lm.random_weights and model is None else "loaded"
     _info(f"model: {lm.label} ({where}, {lm.device}, {lm.dtype}, {lm.load_s:.1f} s)")
@@ -166,14 +171,14 @@ def generate(
             _fail("--dense and --config are mutually exclusive")
         _check_out(out)
         rc = _resolve_cfg(config, dense)  # before the model: an unknown preset or bad YAML fails fast
-        lm = _load(model, device, dtype)
+        lm = _load(model, device, dtype, quiet)
         rc = rc or _default_cfg(lm)
-        summary = _fits(lm, rc)
         from .generate import generation_kwargs
 
         kw = generation_kwargs(lm, height, width, frames, steps)
+        _fits(lm, rc, kw)
         _prepare_out(out)
-        _run_generate(lm, rc, summary, prompts, kw, seed, out, progress=not quiet)
+        _run_generate(lm, rc, prompts, kw, seed, out, progress=not quiet)
 
 
 def _resolve_cfg(config: str | None, dense: bool) -> Any:
@@ -194,23 +199,23 @@ def _default_cfg(lm: Any) -> Any:
     return resolve_config(name)
 
 
-def _fits(lm: Any, rc: Any) -> Any:
+def _fits(lm: Any, rc: Any, kw: dict) -> None:
     from .generate import check_config_fits
 
-    return check_config_fits(lm, rc)
+    check_config_fits(lm, rc, kw)
 
 
-def _run_generate(lm: Any, rc: Any, summary: Any, prompts: list[str], kw: dict, seed: int, out: Path,
-                  progress: bool) -> None:
+def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out: Path, progress: bool) -> None:
     from . import media
     from .generate import command_line, device_description, maybe_patched, now_iso, versions
+    from .model_bench import plan_rows
     from .quality import run_pipeline
 
     n = len(prompts)
     tag = f"__{lm.file_tag}" if lm.file_tag else ""
     vers = versions()
     dev = device_description(lm.device)
-    with maybe_patched(lm.pipe, rc.config):
+    with maybe_patched(lm.pipe, rc.config) as handle:
         for i, prompt in enumerate(prompts):
             s = seed + i
             _info(f"[{i + 1}/{n}] {rc.name}: {prompt!r} (seed {s})")
@@ -229,7 +234,7 @@ def _run_generate(lm: Any, rc: Any, summary: Any, prompts: list[str], kw: dict, 
                 "random_weights": lm.random_weights,
                 "config": rc.name,
                 "config_source": rc.source,
-                "patch_summary": summary,
+                "patch": None if handle is None else {"summary": handle.summary(), "layers": plan_rows(handle)},
                 "prompt": prompt,
                 "prompt_index": i,
                 "seed": s,
@@ -276,8 +281,8 @@ def ab(
     seed: SeedOpt = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("na_accel_ab"),
     warmup: Annotated[
-        int | None, typer.Option("--warmup", help="Untimed warm-up runs per config (default: 1 on CUDA, 0 on CPU).")
-    ] = None,
+        int, typer.Option("--warmup", help="Untimed short warm-up runs per config before timing.")
+    ] = 1,
     attention: Annotated[
         bool, typer.Option("--attention/--no-attention", help="Per-layer attention error on the calibration step.")
     ] = True,
@@ -302,18 +307,17 @@ def ab(
                 _fail(f"config {rc.name!r} is listed twice")
             seen[rc.name] = rc
         _check_out(out)
-        if warmup is not None and warmup < 0:
+        if warmup < 0:
             _fail("--warmup must be >= 0")
-        lm = _load(model, device, dtype)
+        lm = _load(model, device, dtype, quiet)
         rcs = list(seen.values())
-        for rc in rcs:
-            _fits(lm, rc)
         kw = generation_kwargs(lm, height, width, frames, steps)
+        for rc in rcs:
+            _fits(lm, rc, kw)
         _prepare_out(out)
         from .ab import run_ab
 
-        wu = warmup if warmup is not None else (1 if lm.device.startswith("cuda") else 0)
-        results = run_ab(lm, prompts, rcs, kw, seed, out, warmup=wu, progress=not quiet, attention=attention,
+        results = run_ab(lm, prompts, rcs, kw, seed, out, warmup=warmup, progress=not quiet, attention=attention,
                          echo=_info)
         from .ab import results_markdown
 
@@ -373,10 +377,10 @@ def check(
             if json_out.is_dir():
                 _fail(f"--json {str(json_out)!r} is a directory")
         rc = resolve_config(config) if config is not None else None
-        lm = _load(model, device, dtype)
+        lm = _load(model, device, dtype, quiet)
         rc = rc or _default_cfg(lm)
-        _fits(lm, rc)
         kw = generation_kwargs(lm, height, width, frames, steps)
+        _fits(lm, rc, kw)
         from .quality import Thresholds, compare
 
         thr = Thresholds.from_config(rc.config, min_psnr=min_psnr, min_ssim=min_ssim,
@@ -486,7 +490,7 @@ def bench(
 
 def _bench_table(r: dict) -> str:
     def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v * 1000:.1f} ms" if v < 10 else f"{v:.2f} s"
+        return "-" if v is None else f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
 
     rows = [
         ("model", r["model"]),

@@ -107,7 +107,7 @@ class WindowSpec:
         dl = _per_axis(self.dilation, nd, "dilation", where)
         cz = _per_axis(self.is_causal, nd, "is_causal", where)
         out_k, out_s, out_d, notes = [], [], [], []
-        for axis, (n, k, s, d) in enumerate(zip(grid, ks, st, dl)):
+        for axis, (n, k, s, d) in enumerate(zip(grid, ks, st, dl, strict=True)):
             k = _axis_value(k, n)
             s = _axis_value(s, n)
             if k > n or k * d > n:
@@ -151,7 +151,7 @@ class ResolvedWindow:
     @property
     def covers_grid(self) -> bool:
         """True when every query sees the whole grid (dense attention)."""
-        return all(k == n and not c for k, n, c in zip(self.kernel_size, self.grid, self.is_causal))
+        return all(k == n and not c for k, n, c in zip(self.kernel_size, self.grid, self.is_causal, strict=True))
 
     def describe(self) -> str:
         def t(v):
@@ -273,7 +273,7 @@ class NAConfig:
                 if isinstance(value, tuple) and len(value) != ndim:
                     raise ConfigError(
                         f"{self.source}: {path}.{key} has {len(value)} entries {list(value)}, but the token grid of "
-                        f"{model_name} has {ndim} axes. Allowed: a list of {ndim} values or a single value for all axes."
+                        f"{model_name} has {ndim} axes. Allowed: a list of {ndim} values or one value for all axes."
                     )
 
     def to_dict(self) -> dict:
@@ -426,7 +426,7 @@ def _check_stride_le_kernel(kernel, stride, source: str, path: str) -> None:
     ss = stride if isinstance(stride, tuple) else (stride,) * n
     if len(ks) != len(ss):
         raise _err(source, f"{path}.stride", f"has {len(ss)} entries but kernel_size has {len(ks)}.")
-    for axis, (k, s) in enumerate(zip(ks, ss)):
+    for axis, (k, s) in enumerate(zip(ks, ss, strict=True)):
         if isinstance(k, int) and isinstance(s, int) and k != -1 and s != -1 and s > k:
             raise _err(
                 source,
@@ -488,7 +488,9 @@ def config_from_dict(data: Any, source: str = "<dict>", name: str | None = None)
     _check_stride_le_kernel(defaults.kernel_size, defaults.stride, source, "defaults")
     dense_steps = defaults_data.get("dense_steps", 0)
     if isinstance(dense_steps, bool) or not isinstance(dense_steps, int) or dense_steps < 0:
-        raise _err(source, "defaults.dense_steps", f"expected an int >= 0 (number of dense steps), got {dense_steps!r}.")
+        raise _err(
+            source, "defaults.dense_steps", f"expected an int >= 0 (number of dense steps), got {dense_steps!r}."
+        )
 
     layers_data = data.get("layers", []) or []
     if not isinstance(layers_data, list | tuple):

@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,22 +252,26 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
     if p.exists() and not (p / "model_index.json").is_file():
         raise InputError(f"{model!r} is not a diffusers pipeline directory (no model_index.json)")
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(p) if p.exists() else model, torch_dtype=tdtype)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = DiffusionPipeline.from_pretrained(str(p) if p.exists() else model, torch_dtype=tdtype)
     except Exception as e:  # noqa: BLE001 - anything from the hub or the loader is reported on one line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load model {model!r}: {msg}") from None
     fam = detect_family(pipe)
     pipe.to(dev)
-    tiny_attr = getattr(pipe, "na_accel_tiny", None)
+    from .tiny import tiny_family
+
+    tiny_attr = tiny_family(pipe)
     return LoadedModel(
         pipe=pipe,
         family=fam,
-        label=model,
+        label=f"{model} ({TINY_LABEL})" if tiny_attr else model,
         model_id=model,
         random_weights=bool(tiny_attr),
         rules=shape_rules(pipe),
         default_kwargs={},
-        fps=DEFAULT_FPS[fam],
+        fps=TINY_FPS if tiny_attr else DEFAULT_FPS[fam],
         load_s=time.perf_counter() - t0,
         device=dev,
         dtype=str(tdtype).replace("torch.", ""),
@@ -342,21 +347,42 @@ def default_config_for(lm: LoadedModel) -> str | None:
     return None
 
 
-def check_config_fits(lm: LoadedModel, rc: ResolvedConfig) -> dict[str, Any] | None:
-    """Patch and unpatch once to surface UnsupportedModelError/ConfigError before anything runs.
-    Returns the patch summary (or None for dense)."""
-    if rc.config is None:
+def token_grid(lm: LoadedModel, kw: dict[str, Any]) -> tuple[int, ...] | None:
+    """The latent token grid the transformer will see for these generation kwargs (None if sizes are unknown)."""
+    h, w = kw.get("height"), kw.get("width")
+    if h is None or w is None:
         return None
+    r = lm.rules
+    gh, gw = h // r.spatial_multiple, w // r.spatial_multiple
+    if not r.is_video:
+        return (gh, gw)
+    f = kw.get("num_frames")
+    if f is None:
+        return None
+    return (((f - 1) // r.temporal_factor + 1) // r.temporal_patch, gh, gw)
+
+
+def check_config_fits(lm: LoadedModel, rc: ResolvedConfig, kw: dict[str, Any] | None = None) -> None:
+    """Surface config problems before anything runs or is written: patch and unpatch once (unsupported model,
+    a config for another model, a rule matching no layer), and resolve every layer's window for the token grid
+    of ``kw`` (a window that does not fit with ``on_oversize: raise``)."""
+    if rc.config is None:
+        return
     import na_accel
 
     handle = na_accel.patch(lm.pipe, config=rc.config)
     try:
-        summary = handle.summary() if hasattr(handle, "summary") else None
+        names = [row["layer"] for row in handle.layer_plans()] if hasattr(handle, "layer_plans") else []
     finally:
         na_accel.unpatch(lm.pipe)
-    if summary is not None and not isinstance(summary, (dict, str, list)):
-        summary = str(summary)
-    return summary
+    grid = token_grid(lm, kw or {})
+    cfg = rc.config
+    if grid is None or not hasattr(cfg, "window_for"):
+        return
+    for name in names:
+        _rule, window = cfg.window_for(name)
+        if window is not None:
+            window.resolve(grid, where=f"{getattr(cfg, 'source', rc.name)}: layer {name}")
 
 
 @contextlib.contextmanager

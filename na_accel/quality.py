@@ -311,7 +311,7 @@ class QualityReport:
         t = self.thresholds
         out: list[str] = []
         checks = [
-            ("PSNR", self.psnr_mean, t.min_psnr, ">=", "dB"),
+            ("PSNR", self.psnr_mean, t.min_psnr, ">=", " dB"),
             ("SSIM", self.ssim_mean, t.min_ssim, ">=", ""),
             ("latent relative L2", self.latent_rel_l2, t.max_latent_rel_l2, "<=", ""),
             ("latent cosine", self.latent_cosine, t.min_latent_cosine, ">=", ""),
@@ -785,14 +785,15 @@ def compare(
     cal = calibration_step_for(cfg, steps) if attention else None
     if dense_run is None or (attention and cal not in dense_run.captured):
         dense_run = run_pipeline(pipe, prompt, seed, capture_step=cal, progress=progress, **gen_kwargs)
-    with na_accel.patched(pipe, cfg):
+    with na_accel.patched(pipe, cfg) as handle:
         patched_run = run_pipeline(pipe, prompt, seed, progress=progress, **gen_kwargs)
+        notes = coverage_notes(handle, cfg, steps)
     errors = None
     if attention and cal in dense_run.captured:
         errors = attention_layer_errors(pipe, cfg, dense_run.captured[cal])
     label, random_weights = _model_label(pipe)
     name = config_name(config if isinstance(config, (str, os.PathLike)) else cfg)
-    return compare_runs(
+    report = compare_runs(
         dense_run,
         patched_run,
         model=model_label or label,
@@ -805,6 +806,36 @@ def compare(
         random_weights=random_weights,
         generation={k: v for k, v in gen_kwargs.items() if isinstance(v, (int, float, str))},
     )
+    report.notes.extend(notes)
+    return report
+
+
+def coverage_notes(handle: Any, config: Any, steps: int) -> list[str]:
+    """Warnings that make a comparison vacuous: every step dense, or every window covering the whole grid."""
+    notes = []
+    ds = dense_steps_of(config)
+    if ds >= steps:
+        notes.append(
+            f"all {steps} denoising step(s) ran dense (the config's dense_steps is {ds}): the patched run equals "
+            f"dense; use --steps > {ds} for a meaningful check (the attention error above is measured with the "
+            "sparse windows all the same)"
+        )
+    covering, grid = [], None
+    with contextlib.suppress(Exception):
+        for r in handle.layer_plans():
+            if not r.get("patched") or not r.get("grid"):
+                continue
+            _rule, window = config.window_for(r["layer"])
+            if window is None:  # dense by rule
+                continue
+            grid = tuple(r["grid"])
+            covering.append(window.resolve(grid).covers_grid)
+    if covering and all(covering):
+        notes.append(
+            f"every window covers the whole token grid {grid} at this size (clamped): attention is effectively "
+            "dense; use a larger --height/--width/--frames to exercise the sparse windows"
+        )
+    return notes
 
 
 def _default_steps(pipe: Any) -> int:

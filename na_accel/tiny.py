@@ -4,7 +4,8 @@ Everything here is built in code (no downloads, nothing cached on disk) and is d
 The pipelines are the genuine diffusers classes (``HunyuanVideoPipeline``, ``FluxPipeline``,
 ``CosmosTextToWorldPipeline``, ``WanPipeline``) with tiny transformers, tiny VAEs, tiny text encoders and
 tokenizers trained in code over a small vocabulary, and the scheduler each real model ships with. They run
-end to end on a CPU in about a second and survive ``save_pretrained`` / ``from_pretrained``.
+end to end on a CPU in well under a second (single-threaded: ``torch.set_num_threads(1)`` is fastest for models
+this small) and survive ``save_pretrained`` / ``from_pretrained``.
 
 Their weights are random: outputs are noise-like pictures, useful only to exercise code paths (the CLI's
 embedded default, the patch-layer tests). Every tiny pipeline is marked: ``pipe.na_accel_tiny == family`` and
@@ -20,11 +21,16 @@ families and (6, 8) for Flux, with 32 text tokens.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
+
+# diffusers resolves how to load a saved component by looking its base classes up by name in the module that
+# defines it (``model_index.json`` names ``na_accel.tiny`` for TinySafetyChecker): ModelMixin must be a name here.
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.modeling_utils import ModelMixin
 
 __all__ = [
     "FAMILIES",
@@ -43,7 +49,6 @@ TINY_LABEL = "tiny random-weight model"
 
 _HEADS = 2
 _HEAD_DIM = 16
-_HIDDEN = _HEADS * _HEAD_DIM  # transformer width
 _TEXT_DIM = 32  # hidden size of every tiny text encoder
 _LATENT_CHANNELS = 16
 _TEXT_TOKENS = 32  # max_sequence_length used by default_generation_kwargs
@@ -74,7 +79,7 @@ def _randomize_zero_params(module: torch.nn.Module, std: float = 0.02) -> None:
     learnable position embeddings) small random values, so that every attention layer visibly affects the
     output of the tiny model. Biases and norm weights are left alone."""
     with torch.no_grad():
-        for name, p in module.named_parameters():
+        for p in module.parameters():
             if p.dim() >= 2 and torch.count_nonzero(p) == 0:
                 p.normal_(0.0, std)
 
@@ -279,7 +284,7 @@ def _train_bpe(
     pair_count: Counter[tuple[str, str]] = Counter()
     where: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
     for i, sym in enumerate(seqs):
-        for pair in zip(sym, sym[1:]):
+        for pair in zip(sym, sym[1:], strict=False):
             pair_count[pair] += counts[i]
             where[pair].add(i)
     heap = [(-c, p) for p, c in pair_count.items()]
@@ -294,7 +299,7 @@ def _train_bpe(
         touched: set[tuple[str, str]] = set()
         for i in sorted(where.pop(pair, ())):
             sym = seqs[i]
-            for old in zip(sym, sym[1:]):
+            for old in zip(sym, sym[1:], strict=False):
                 pair_count[old] -= counts[i]
                 touched.add(old)
             out, j = [], 0
@@ -306,7 +311,7 @@ def _train_bpe(
                     out.append(sym[j])
                     j += 1
             seqs[i] = out
-            for new in zip(out, out[1:]):
+            for new in zip(out, out[1:], strict=False):
                 pair_count[new] += counts[i]
                 where[new].add(i)
                 touched.add(new)
@@ -324,6 +329,7 @@ def _train_bpe(
     for piece in ordered:
         vocab.setdefault(piece, len(vocab))
     return vocab, merges
+
 
 def _llama_tokenizer():
     """A Llama-3-style byte-level BPE tokenizer (``PreTrainedTokenizerFast``, as HunyuanVideo's real one).
@@ -556,26 +562,20 @@ def _scheduler(family: str):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _safety_checker_base():
-    from diffusers.configuration_utils import ConfigMixin
-    from diffusers.models.modeling_utils import ModelMixin
-
-    return ModelMixin, ConfigMixin
-
-
-_ModelMixin, _ConfigMixin = _safety_checker_base()
-
-
-class TinySafetyChecker(_ModelMixin, _ConfigMixin):
+class TinySafetyChecker(ModelMixin, ConfigMixin):
     """Pass-through stand-in for the Cosmos guardrail, for the tiny random-weight Cosmos pipeline only.
 
     The real ``CosmosSafetyChecker`` needs the ``cosmos_guardrail`` package and large models; a tiny
     random-weight pipeline generates noise, so it gets this no-op checker. It saves and loads with the
-    pipeline (``model_index.json`` names ``na_accel.tiny.TinySafetyChecker``)."""
+    pipeline (``model_index.json`` names ``na_accel.tiny.TinySafetyChecker``; diffusers only loads it if
+    ``na_accel.tiny`` has been imported, which building a tiny pipeline does)."""
+
+    config_name = "config.json"
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("_device_tracker", torch.zeros(1, dtype=torch.float32), persistent=False)
+        # persistent, so save_pretrained writes a weights file that from_pretrained can find
+        self.register_buffer("_device_tracker", torch.zeros(1, dtype=torch.float32), persistent=True)
 
     def check_text_safety(self, prompt: str) -> bool:
         return True
@@ -712,21 +712,15 @@ def default_generation_kwargs(family: str) -> dict[str, Any]:
     ``generator`` as needed.
     """
     _check_family(family)
-    if family == "hunyuan":
-        return dict(
-            height=64, width=96, num_frames=9, num_inference_steps=2, guidance_scale=6.0,
-            max_sequence_length=_TEXT_TOKENS,
-        )
-    if family == "flux":
-        return dict(
-            height=96, width=128, num_inference_steps=2, guidance_scale=3.5, max_sequence_length=_TEXT_TOKENS
-        )
-    if family == "cosmos":
-        return dict(
-            height=64, width=96, num_frames=17, num_inference_steps=2, guidance_scale=7.0,
-            max_sequence_length=_TEXT_TOKENS,
-        )
-    return dict(
-        height=64, width=96, num_frames=9, num_inference_steps=2, guidance_scale=5.0,
-        max_sequence_length=_TEXT_TOKENS,
-    )
+    return dict(_GENERATION_KWARGS[family])
+
+
+_GENERATION_KWARGS: dict[str, dict[str, Any]] = {
+    "hunyuan": dict(height=64, width=96, num_frames=9, guidance_scale=6.0),
+    "flux": dict(height=96, width=128, guidance_scale=3.5),
+    "cosmos": dict(height=64, width=96, num_frames=17, guidance_scale=7.0),
+    "wan": dict(height=64, width=96, num_frames=9, guidance_scale=5.0),
+}
+for _kw in _GENERATION_KWARGS.values():
+    _kw.update(num_inference_steps=2, max_sequence_length=_TEXT_TOKENS)
+del _kw

@@ -136,11 +136,11 @@ CASES = [
     ((9, 11), (4, 5), (2, 5), (2, 1), (False, False)),
     ((9, 11), (3, 3), (1, 2), (1, 3), (True, False)),
     ((9, 11), (-1, 3), (1, 1), (1, 1), (False, True)),  # whole axis + causal axis
-    ((5, 6, 7), (3, 3, 3), (1, 1, 1), (1, 1, 1), (False, False, False)),
-    ((5, 6, 7), (2, 4, 3), (2, 2, 3), (1, 1, 1), (False, False, False)),  # even windows, blocked axis
-    ((5, 6, 7), (2, 3, 3), (1, 1, 1), (2, 2, 2), (False, False, False)),  # dilation everywhere, ragged groups
-    ((5, 6, 7), (3, 3, 4), (3, 1, 2), (1, 2, 1), (True, False, False)),  # video-style causal time axis
-    ((5, 6, 7), (-1, -1, -1), (1, 1, 1), (1, 1, 1), (False, False, False)),  # dense
+    ((4, 5, 7), (3, 3, 3), (1, 1, 1), (1, 1, 1), (False, False, False)),
+    ((4, 5, 7), (2, 4, 3), (2, 2, 3), (1, 1, 1), (False, False, False)),  # even windows, blocked axis
+    ((5, 5, 6), (2, 2, 3), (1, 1, 1), (2, 2, 2), (False, False, False)),  # dilation everywhere, ragged groups
+    ((4, 6, 7), (3, 3, 4), (3, 1, 2), (1, 2, 1), (True, False, False)),  # video-style causal time axis
+    ((3, 4, 5), (-1, -1, -1), (1, 1, 1), (1, 1, 1), (False, False, False)),  # dense
     ((1, 6, 7), (1, 3, 3), (1, 1, 1), (1, 1, 1), (False, False, False)),  # size-1 axis
 ]
 
@@ -148,7 +148,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-s{c[2]}-d{c[3]}-c{c[4]}")
 def test_matches_reference_fp32(case):
     grid, ks, st, dil, causal = case
-    p = _make_problem(grid, ks, st, dil, causal, batch=2)
+    p = _make_problem(grid, ks, st, dil, causal, batch=2 if len(grid) < 3 else 1)
     _kernels().gna_forward(p)
     _check(p)
 
@@ -159,7 +159,7 @@ def test_matches_reference_fp32(case):
 )
 def test_tile_shapes(tq, tk):
     """Other query/key tile shapes (mismatched, larger than the grid) give the same result."""
-    p = _make_problem((5, 6, 7), (3, 4, 3), (1, 2, 1), (1, 1, 2), (False, False, True))
+    p = _make_problem((3, 5, 7), (3, 4, 3), (1, 2, 1), (1, 1, 2), (False, False, True), heads=1)
     _kernels().gna_forward(p, config={"tq": tq, "tk": tk})
     _check(p)
 
@@ -169,7 +169,7 @@ def test_random_problems(ndim):
     """A few random valid problems per number of axes (seeded)."""
     rng = random.Random(1234 + ndim)
     for trial in range(3):
-        grid = tuple(rng.randint(3, 9 if ndim == 3 else 14) for _ in range(ndim))
+        grid = tuple(rng.randint(3, 6 if ndim == 3 else 14) for _ in range(ndim))
         ks, st, dil, causal = [], [], [], []
         for n in grid:
             d = rng.choice([1, 1, 2]) if n >= 4 else 1
@@ -186,7 +186,7 @@ def test_random_problems(ndim):
 @pytest.mark.parametrize("lengths", [None, [3, 0], [19, 7]])
 def test_extra_keys_with_padding(lengths):
     extra_lengths = None if lengths is None else torch.tensor(lengths)
-    p = _make_problem((4, 5, 6), (3, 3, 3), (1, 2, 1), batch=2, num_extra=19, extra_lengths=extra_lengths)
+    p = _make_problem((3, 4, 5), (3, 3, 3), (1, 2, 1), batch=2, heads=1, num_extra=19, extra_lengths=extra_lengths)
     _kernels().gna_forward(p)
     _check(p)
 
@@ -194,8 +194,8 @@ def test_extra_keys_with_padding(lengths):
 @pytest.mark.parametrize("splits", [None, 1, 3])
 def test_text_queries(splits):
     """Dense text queries over all grid keys and the valid extra keys; split over the keys or not."""
-    p = _make_problem((4, 5, 6), (3, 3, 3), (2, 2, 2), batch=2, num_extra=21, extra_lengths=torch.tensor([21, 9]),
-                      num_text_queries=21)  # fmt: skip
+    p = _make_problem((3, 4, 5), (3, 3, 3), (2, 2, 2), batch=2, heads=1, num_extra=21,
+                      extra_lengths=torch.tensor([21, 9]), num_text_queries=21)  # fmt: skip
     text_config = None if splits is None else {"num_splits": splits}
     _kernels().gna_forward(p, text_config=text_config)
     _check(p)
@@ -209,7 +209,7 @@ def test_text_queries_without_extra_keys_and_lse():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(dtype):
-    p = _make_problem((5, 6, 7), (3, 3, 3), (1, 1, 2), dtype=dtype, num_extra=8, num_text_queries=4)
+    p = _make_problem((3, 5, 6), (3, 3, 3), (1, 1, 2), dtype=dtype, num_extra=8, num_text_queries=4)
     _kernels().gna_forward(p)
     _check(p)
 
@@ -234,20 +234,20 @@ def test_contiguous_inputs_and_strided_outputs():
 def test_functional_api_and_auto_choice():
     """Through na_accel's public API (custom op) with backend='triton' and 'auto' (picks triton when interpreting)."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 5, 6, 2, 16) for _ in range(3))
+    q, k, v = (torch.randn(2, 3, 4, 5, 1, 16) for _ in range(3))
     ref = na_accel.na3d(q, k, v, (3, 3, 3), (1, 2, 1), backend="reference")
     out = na_accel.na3d(q, k, v, (3, 3, 3), (1, 2, 1), backend="triton")
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
     from na_accel.backends import select_backend
 
-    p = _make_problem((4, 5, 6), 3)
+    p = _make_problem((3, 4, 5), 3)
     assert select_backend("auto", p).name == "triton"
 
 
 def test_joint_text_first_with_lengths():
     torch.manual_seed(1)
     grid, t = (3, 4, 5), 7
-    x = [torch.randn(2, t + math.prod(grid), 2, 16) for _ in range(3)]
+    x = [torch.randn(2, t + math.prod(grid), 1, 16) for _ in range(3)]
     lengths = torch.tensor([7, 2])
     kw = dict(text_first=True, text_lengths=lengths, return_lse=True)
     out, lse = na_accel.na_joint(*x, grid, t, (2, 3, 3), (1, 1, 2), backend="triton", **kw)

@@ -96,7 +96,7 @@ def _load_rows(ptr, rows, offs_d, stride_d, HEAD_DIM, PAD_D: tl.constexpr, CAST_
 
 @triton.jit
 def _gna_fwd_kernel(
-    Q, K, V, O, LSE, EK, EV, ELEN,
+    Q, K, V, Out, LSE, EK, EV, ELEN,
     sqb, sqn, sqh, sqd,
     skb, skn, skh, skd,
     svb, svn, svh, svd,
@@ -226,11 +226,11 @@ def _gna_fwd_kernel(
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
-    o_ptrs = O + b64 * sob + h64 * soh + q_tok[:, None] * son + offs_d[None, :] * sod
+    o_ptrs = Out + b64 * sob + h64 * soh + q_tok[:, None] * son + offs_d[None, :] * sod
     o_mask = q_valid[:, None]
     if PAD_D:
         o_mask = o_mask & (offs_d[None, :] < HEAD_DIM)
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=o_mask)
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
     if WRITE_LSE:
         lse = tl.where(l_i > 0.0, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
         tl.store(LSE + b64 * slb + h64 * slh + q_tok * sln, lse, mask=q_valid)
@@ -238,7 +238,7 @@ def _gna_fwd_kernel(
 
 @triton.jit
 def _text_fwd_kernel(
-    Q, K, V, EK, EV, ELEN, O, LSE,
+    Q, K, V, EK, EV, ELEN, Out, LSE,
     sqb, sqt, sqh, sqd,
     skb, skn, skh, skd,
     svb, svn, svh, svd,
@@ -307,11 +307,11 @@ def _text_fwd_kernel(
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
     split64 = split.to(tl.int64)
-    o_ptrs = O + split64 * sos + b64 * sob + h64 * soh + q_rows[:, None] * sot + offs_d[None, :] * sod
+    o_ptrs = Out + split64 * sos + b64 * sob + h64 * soh + q_rows[:, None] * sot + offs_d[None, :] * sod
     o_mask = q_valid[:, None]
     if PAD_D:
         o_mask = o_mask & (offs_d[None, :] < HEAD_DIM)
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=o_mask)
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
     if WRITE_LSE:
         lse = tl.where(l_i > 0.0, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
         tl.store(LSE + split64 * sls + b64 * slb + h64 * slh + q_rows * slt, lse, mask=q_valid)
@@ -403,8 +403,7 @@ def _pad3(values, fill):
 
 
 def _dot_prec(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not INTERPRETED:
-        return "tf32x3"
+    # fp32 inputs get true fp32 dots (the correct path, not the fast one); 16-bit dots ignore the setting.
     return "ieee" if dtype == torch.float32 or INTERPRETED else "tf32"
 
 
@@ -414,7 +413,7 @@ def _strides(t: torch.Tensor | None, n: int):
 
 def _num_q_tiles(grid3, dil3, tq3) -> int:
     total = 1
-    for n, d, t in zip(grid3, dil3, tq3):
+    for n, d, t in zip(grid3, dil3, tq3, strict=True):
         total *= d * math.ceil(math.ceil(n / d) / t)
     return total
 
@@ -466,8 +465,11 @@ def gna_forward(problem, config: dict | None = None, text_config: dict | None = 
         BLOCK_D=block_d, PAD_D=pad_d, CAST_F32=cast_f32, DOT_PREC=dot_prec,
     )  # fmt: skip
 
-    if config is None and INTERPRETED:
-        kw, warps, stages = INTERPRETER_CONFIG[ndim]
+    if config is None and (INTERPRETED or os.environ.get("NA_ACCEL_AUTOTUNE", "1") == "0"):
+        if INTERPRETED:
+            kw, warps, stages = INTERPRETER_CONFIG[ndim]
+        else:  # autotuning off: the first (default) candidate
+            kw, warps, stages = (_WIDE if _wide(head_dim, q.dtype) else _FAST)[ndim][0]
         config = {"tq": (kw["TQ0"], kw["TQ1"], kw["TQ2"]), "tk": (kw["TK0"], kw["TK1"], kw["TK2"]),
                   "num_warps": warps, "num_stages": stages}  # fmt: skip
     if config is not None:

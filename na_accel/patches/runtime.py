@@ -131,33 +131,50 @@ def video_grid(hidden_states, patch: tuple[int, int, int]) -> tuple[int, int, in
 
 
 class StepTracker:
-    """Counts denoising steps as distinct timesteps within one generation.
+    """Counts denoising steps within one generation (shared by the transformers of one patch).
 
-    A forward with the same timestep as the previous one (cond / uncond passes, or the second expert of Wan 2.2
-    when trackers are shared) is the same step; a smaller timestep is the next step; a larger timestep, or a
-    call to :meth:`new_generation` (made by the pipeline's ``scheduler.set_timesteps`` hook when a pipeline was
-    patched), starts a new generation at step 0.
+    A forward is in the same step as the previous one when both its timestep and, if a pipeline was patched, its
+    scheduler's ``step_index`` are unchanged: the cond / uncond passes of a step (and Wan 2.2's second expert, which
+    shares the tracker) get the same plan. Otherwise it is the next step. A new generation (step 0) starts on the
+    first forward, after ``scheduler.set_timesteps`` (hooked when a pipeline is patched) or
+    :meth:`new_generation`, when the scheduler's ``step_index`` returns to None (``set_timesteps`` resets it), or
+    when the timestep increases. The scheduler index matters for low-precision timesteps: HunyuanVideo's pipeline
+    passes bf16 timesteps, and consecutive steps near t = 1000 round to the same value.
     """
 
     def __init__(self) -> None:
         self.last_t: float | None = None
+        self.last_index: int | None = None
         self.step: int | None = None
         self.generation = 0
+        self.scheduler_source = None  # callable returning the pipeline's current scheduler (or None)
         self._pending = True
 
     def new_generation(self) -> None:
         self._pending = True
 
+    def _scheduler_index(self) -> int | None:
+        scheduler = self.scheduler_source() if self.scheduler_source is not None else None
+        index = getattr(scheduler, "step_index", None) if scheduler is not None else None
+        return index if isinstance(index, int) else None
+
     def observe(self, t: float | None) -> int | None:
-        if t is None:
+        index = self._scheduler_index()
+        if t is None and index is None and self.scheduler_source is None:
             return None
-        if self._pending or self.last_t is None or self.step is None or t > self.last_t:
+        restart = (
+            self._pending
+            or self.step is None
+            or (index is None and self.last_index is not None)
+            or (t is not None and self.last_t is not None and t > self.last_t)
+        )
+        if restart:
             self.step = 0
             self.generation += 1
             self._pending = False
-        elif t < self.last_t:
+        elif t != self.last_t or index != self.last_index:
             self.step += 1
-        self.last_t = t
+        self.last_t, self.last_index = t, index
         return self.step
 
 
@@ -273,7 +290,7 @@ class NAProcessor:
         return f"{type(self).__name__}(wrapping {self._na_original!r}, layer {self._na_layer.name!r})"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def wrapper_class(processor_class: type) -> type:
     """A subclass of :class:`NAProcessor` whose ``__call__`` has ``processor_class.__call__``'s signature."""
     original_call = processor_class.__call__
@@ -394,15 +411,14 @@ class LayerPatch:
             return self._decline("query/key/value are not tensors")
         if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
             return self._decline(
-                f"query/key/value shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)} are not one [B, S, heads, D]"
+                f"query/key/value shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)} differ or are not "
+                "[B, S, heads, D]"
             )
         if not q.is_floating_point() or q.dtype != k.dtype or q.dtype != v.dtype:
             return self._decline(f"dtypes {q.dtype}, {k.dtype}, {v.dtype}")
         layout = plan.layout
         if q.shape[1] != layout.seq_len:
-            return self._decline(
-                f"sequence length {q.shape[1]} is not {layout.describe()} = {layout.seq_len} tokens"
-            )
+            return self._decline(f"sequence length {q.shape[1]} is not {layout.describe()} = {layout.seq_len} tokens")
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             return self._decline("autograd is recording (na_accel attention is forward-only)")
         lengths = None
@@ -509,14 +525,14 @@ class TransformerPatch:
             if isinstance(proc, NAProcessor):  # pragma: no cover - guarded by the double-patch check
                 raise ConfigError(f"{name} already has an na_accel processor")
             if static_reason is None and proc_cls.__name__ not in adapter.processor_classes:
-                static_reason = (
-                    f"processor {proc_cls.__name__} is not supported (supported: {', '.join(adapter.processor_classes)})"
-                )
+                supported = ", ".join(adapter.processor_classes)
+                static_reason = f"processor {proc_cls.__name__} is not supported (supported: {supported})"
             module_name = getattr(proc_cls.__call__, "__module__", None)
             if static_reason is None:
                 mod = sys.modules.get(module_name or "")
                 code = getattr(proc_cls.__call__, "__code__", None)
-                if mod is None or not hasattr(mod, _DISPATCH_NAME) or code is None or _DISPATCH_NAME not in code.co_names:
+                calls_dispatch = code is not None and _DISPATCH_NAME in code.co_names
+                if mod is None or not hasattr(mod, _DISPATCH_NAME) or not calls_dispatch:
                     static_reason = f"processor {proc_cls.__name__} does not call {_DISPATCH_NAME}"
             layer = LayerPatch(self, name, module, rule, window, static_reason)
             layer.module_name = module_name
@@ -590,8 +606,8 @@ class TransformerPatch:
     # ---- reporting -----------------------------------------------------------------------------------------------
 
     def summary_lines(self) -> list[str]:
-        cfg, plan = self.config, self.plan
-        lines = [f"{self.label}: {type(self.model).__name__} ({self.adapter.family}; token grid {self.adapter.grid_axes})"]
+        plan, adapter = self.plan, self.adapter
+        lines = [f"{self.label}: {type(self.model).__name__} ({adapter.family}; token grid {adapter.grid_axes})"]
         if plan is None or plan.layout is None:
             seen = "no forward seen yet" if plan is None else f"last forward not recognised ({plan.dense_reason})"
             lines.append(f"  last seen: {seen}")
@@ -601,7 +617,7 @@ class TransformerPatch:
             lines.append(f"  last seen: {plan.layout.describe()}, step {step}: {mode}")
         sparse = [layer for layer in self.layers if layer.static_reason is None]
         lines.append(f"  {len(sparse)} of {len(self.layers)} self-attention layers patched; "
-                     f"{len(self.other_attention)} other attention modules never patched"
+                     f"{len(self.other_attention)} other attention module(s) never patched"
                      + (f" ({_abbrev(self.other_attention)})" if self.other_attention else ""))  # fmt: skip
         width = max(len(layer.name) for layer in self.layers)
         for layer in self.layers:

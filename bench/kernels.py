@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Kernel benchmark (DESIGN.md section 6): na_accel's Triton GNA vs cuDNN SDPA (dense) and FlexAttention (same mask).
+
+* cuDNN: ``scaled_dot_product_attention`` under ``sdpa_kernel(SDPBackend.CUDNN_ATTENTION)`` on ``[B, H, S, D]``.
+* Flex: compiled ``flex_attention`` with the exact mask on inputs already in tiled order (``na_accel.flex.to_tiled``;
+  the permute is not timed), block mask built once (compiled ``create_block_mask``: the eager one materialises the
+  full mask and does not fit at these sizes).
+* Ours: ``na_accel.na_flat`` / ``na_accel.na_joint`` with ``backend="triton"`` on ``[B, N, H, D]`` tensors, everything
+  included (validation, custom op, output allocation, autotuned launch).
+
+All in one process, ``triton.testing.do_bench`` medians. One JSON record per case and a Markdown table go to
+``<out>/kernels-<gpu>-<date>.json`` / ``.md``. Usage::
+
+    PYTHONPATH=. python3 bench/kernels.py [--cases hunyuan-gna,hunyuan-na] [--quick] [--sweep] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import functools
+import gc
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import na_accel  # noqa: E402
+from na_accel import flex as nflex  # noqa: E402
+from na_accel.semantics import make_params  # noqa: E402
+
+# name: grid, kernel_size, stride, heads, text tokens (text queries included)
+CASES = {
+    "hunyuan-gna": ((30, 48, 80), (18, 24, 24), (16, 8, 8), 24, 0),
+    "hunyuan-na": ((30, 48, 80), (18, 24, 24), (1, 1, 1), 24, 0),
+    "flux4k-gna": ((256, 256), (80, 80), (16, 16), 24, 0),
+    "flux4k-na": ((256, 256), (80, 80), (1, 1), 24, 0),
+    "hunyuan720-gna": ((33, 45, 80), (18, 24, 24), (16, 8, 8), 24, 0),
+    # Wan2.1 720p, 40 heads. No Wan preset existed when this was written: a GNA window of about the same FLOP bound
+    # as the HunyuanVideo cases (~11x), strides tile-aligned in H and W.
+    "wan720": ((21, 45, 80), (12, 24, 24), (4, 8, 8), 40, 0),
+    "dense-equal": ((30, 48, 80), (-1, -1, -1), (1, 1, 1), 24, 0),
+    "hunyuan-gna-text": ((30, 48, 80), (18, 24, 24), (16, 8, 8), 24, 256),
+}
+HEAD_DIM = 128
+DTYPE = torch.bfloat16
+
+
+def _bench(fn, quick: bool) -> float:
+    import triton
+
+    warmup, rep = (10, 40) if quick else (25, 100)
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def _gpu_slug() -> str:
+    name = torch.cuda.get_device_name().lower()
+    for key in ("h200", "h100", "b200", "a100", "l40s", "l4"):
+        if key in name:
+            return key
+    return name.replace("nvidia", "").strip().replace(" ", "-")
+
+
+def _pairs(params, n_text: int) -> tuple[float, float]:
+    """(attended query-key pairs, all pairs) over grid + text tokens."""
+    n = params.num_tokens
+    grid_pairs = params.density() * n * n
+    attended = grid_pairs + n * n_text + n_text * (n + n_text)
+    return attended, float(n + n_text) ** 2
+
+
+_CREATE_BLOCK_MASK = None
+
+
+def _flex_block_mask(params, n_text: int, device):
+    global _CREATE_BLOCK_MASK
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if _CREATE_BLOCK_MASK is None:
+        _CREATE_BLOCK_MASK = torch.compile(create_block_mask)
+    n_pad = math.prod(nflex.padded_grid(params))
+    mask_mod = nflex.make_mask_mod(params, n_text, None)
+    size = n_pad + n_text
+    return _CREATE_BLOCK_MASK(mask_mod, 1, None, size, size, device=device, BLOCK_SIZE=nflex.BLOCK)
+
+
+def _best_config(ndim: int) -> str | None:
+    try:
+        from na_accel.kernels import kernel_module
+
+        mod = kernel_module(False)
+        tuned = mod._TUNED.get((ndim, False))
+        cfg = getattr(tuned, "best_config", None)
+        if cfg is None:
+            return None
+        kw = cfg.kwargs
+        return (
+            f"tq={kw['TQ0']}x{kw['TQ1']}x{kw['TQ2']} tk={kw['TK0']}x{kw['TK1']}x{kw['TK2']} "
+            f"w{cfg.num_warps} s{cfg.num_stages}"
+        )
+    except Exception:  # pragma: no cover - diagnostics only
+        return None
+
+
+def run_case(name: str, args) -> dict:
+    grid, ks, st, heads, n_text = CASES[name]
+    params = make_params(grid, ks, st)
+    n = params.num_tokens
+    dev = torch.device("cuda")
+    scale = HEAD_DIM**-0.5
+    torch.manual_seed(0)
+    x = [torch.randn(1, n + n_text, heads, HEAD_DIM, device=dev, dtype=DTYPE) for _ in range(3)]
+    rec: dict = {"case": name, "grid": list(grid), "kernel_size": list(params.kernel_size), "stride": list(st),
+                 "heads": heads, "head_dim": HEAD_DIM, "dtype": str(DTYPE).replace("torch.", ""),
+                 "text_tokens": n_text}  # fmt: skip
+    attended, total = _pairs(params, n_text)
+    rec["flop_bound"] = total / attended
+    flops = 4.0 * HEAD_DIM * heads * attended
+
+    # ---- ours (everything included) ----
+    if n_text:
+        ours = functools.partial(na_accel.na_joint, *x, grid, n_text, ks, st, backend="triton")
+    else:
+        ours = functools.partial(na_accel.na_flat, *x, grid, ks, st, backend="triton")
+
+    t0 = time.time()
+    out = ours()
+    torch.cuda.synchronize()
+    rec["first_call_s"] = round(time.time() - t0, 2)
+    rec["ms"] = _bench(ours, args.quick)
+    rec["tflops"] = flops / rec["ms"] * 1e-9
+    rec["config"] = _best_config(params.ndim)
+    print(f"[{name}] ours {rec['ms']:.3f} ms ({rec['tflops']:.0f} TFLOP/s eff), first call {rec['first_call_s']} s, "
+          f"config {rec['config']}", flush=True)  # fmt: skip
+
+    if args.sweep:
+        rec["sweep"] = _sweep(name, params, x, n_text, args)
+
+    # ---- FlexAttention (kernel only, tiled order, same mask) ----
+    rec["flex_ms"] = None
+    if not args.no_flex:
+        try:
+            t0 = time.time()
+            qt, kt, vt = (nflex.to_tiled(y[:, :n], params) for y in x)
+            if n_text:
+                qt = torch.cat([qt, x[0][:, n:].transpose(1, 2)], 2)
+                kt = torch.cat([kt, x[1][:, n:].transpose(1, 2)], 2)
+                vt = torch.cat([vt, x[2][:, n:].transpose(1, 2)], 2)
+            bm = _flex_block_mask(params, n_text, dev)
+            fn = nflex._compiled_flex()
+            fout = fn(qt, kt, vt, block_mask=bm, scale=scale)
+            torch.cuda.synchronize()
+            rec["flex_setup_s"] = round(time.time() - t0, 1)
+            rec["flex_ms"] = _bench(lambda: fn(qt, kt, vt, block_mask=bm, scale=scale), args.quick)
+            n_pad = math.prod(nflex.padded_grid(params))
+            fo = nflex.from_tiled(fout[:, :, :n_pad], params)
+            if n_text:
+                fo = torch.cat([fo, fout[:, :, n_pad:].transpose(1, 2)], 1)
+            rec["rel_diff_vs_flex"] = float((out.float() - fo.float()).norm() / fo.float().norm())
+            print(f"[{name}] flex {rec['flex_ms']:.3f} ms (setup {rec['flex_setup_s']} s), "
+                  f"rel diff ours vs flex {rec['rel_diff_vs_flex']:.2e}", flush=True)  # fmt: skip
+            del qt, kt, vt, fout, fo, bm
+        except Exception as exc:  # keep the other numbers
+            print(f"[{name}] flex failed: {type(exc).__name__}: {exc}", flush=True)
+            rec["flex_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+
+    # ---- cuDNN SDPA (dense) ----
+    rec["cudnn_ms"] = None
+    if not args.no_cudnn:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        qd, kd, vd = (y.transpose(1, 2).contiguous() for y in x)
+        try:
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                f = lambda: torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, scale=scale)  # noqa: E731
+                f()
+                rec["cudnn_ms"] = _bench(f, args.quick)
+            print(f"[{name}] cudnn {rec['cudnn_ms']:.3f} ms", flush=True)
+        except Exception as exc:
+            print(f"[{name}] cudnn failed: {type(exc).__name__}: {exc}", flush=True)
+            rec["cudnn_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        del qd, kd, vd
+
+    rec["speedup_vs_cudnn"] = rec["cudnn_ms"] / rec["ms"] if rec["cudnn_ms"] else None
+    rec["speedup_vs_flex"] = rec["flex_ms"] / rec["ms"] if rec["flex_ms"] else None
+    del ours, x, out
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rec
+
+
+def _sweep(name, params, x, n_text, args) -> list:
+    """Time each fixed candidate config of the kernel (kernel path only, no text)."""
+    from na_accel.backends import Problem
+    from na_accel.kernels import gna_forward, kernel_module
+
+    mod = kernel_module(False)
+    n = params.num_tokens
+    q, k, v = (y[:, :n] for y in x)
+    out = torch.empty_like(q)
+    p = Problem(q, k, v, params, HEAD_DIM**-0.5, None, None, None, None, out, None, None, None)
+    res = []
+    for kw, warps, stages in mod._FAST[params.ndim]:
+        cfg = {"tq": (kw["TQ0"], kw["TQ1"], kw["TQ2"]), "tk": (kw["TK0"], kw["TK1"], kw["TK2"]),
+               "num_warps": warps, "num_stages": stages}  # fmt: skip
+        label = f"tq={'x'.join(map(str, cfg['tq']))} tk={'x'.join(map(str, cfg['tk']))} w{warps} s{stages}"
+        try:
+            gna_forward(p, config=cfg)
+            ms = _bench(lambda cfg=cfg: gna_forward(p, config=cfg), True)
+        except Exception as exc:
+            print(f"[{name}] sweep {label}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            continue
+        print(f"[{name}] sweep {label}: {ms:.3f} ms", flush=True)
+        res.append({"config": label, "ms": ms})
+    return res
+
+
+def _markdown(records: list, meta: dict) -> str:
+    lines = [
+        f"# Kernel benchmark: {meta['gpu']} ({meta['gpu_name']}), torch {meta['torch']}, triton {meta['triton']}, "
+        f"{meta['date']}",
+        "",
+        "bf16, batch 1, head dim 128. Ours through `na_accel.functional` (everything included); Flex kernel only on "
+        "tiled inputs; cuDNN dense SDPA. Speedups are ratios within this run.",
+        "",
+        "| case | grid | kernel | stride | heads | text | ours ms | cuDNN ms | Flex ms | vs cuDNN | vs Flex "
+        "| FLOP bound | eff. TFLOP/s | config |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    for r in records:
+        lines.append(
+            f"| {r['case']} | {tuple(r['grid'])} | {tuple(r['kernel_size'])} | {tuple(r['stride'])} | {r['heads']} | "
+            f"{r['text_tokens']} | {f(r['ms'], '.2f')} | {f(r['cudnn_ms'], '.2f')} | {f(r['flex_ms'], '.2f')} | "
+            f"{f(r['speedup_vs_cudnn'], '.2f')}x | {f(r['speedup_vs_flex'], '.2f')}x | {r['flop_bound']:.1f}x | "
+            f"{f(r.get('tflops'), '.0f')} | {r.get('config') or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case names: " + ", ".join(CASES))
+    ap.add_argument("--quick", action="store_true", help="shorter timing (do_bench warmup 10 ms, rep 40 ms)")
+    ap.add_argument("--sweep", action="store_true", help="also time every fixed candidate config of our kernel")
+    ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    ap.add_argument("--no-cudnn", action="store_true", help="skip cuDNN SDPA")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench/kernels.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CASES]
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    date = _dt.date.today().isoformat()
+    meta = {"gpu": _gpu_slug(), "gpu_name": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__, "date": date}  # fmt: skip
+    print(f"# {meta}", flush=True)
+    records = []
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"kernels-{meta['gpu']}-{date}{('-' + args.tag) if args.tag else ''}"
+    for name in names:
+        t0 = time.time()
+        rec = {**{k: meta[k] for k in ("gpu", "torch", "triton", "date")}, **run_case(name, args)}
+        rec["case_wall_s"] = round(time.time() - t0, 1)
+        records.append(rec)
+        (out_dir / f"{stem}.json").write_text(json.dumps(records, indent=1))
+        (out_dir / f"{stem}.md").write_text(_markdown(records, meta))
+    print(_markdown(records, meta), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRITON_PRINT_AUTOTUNING", "1")
+    raise SystemExit(main())
