@@ -62,8 +62,14 @@ def _aggregate(name: str, runs: list[RunResult], reports: list[QualityReport] | 
         "speedup_vs_dense": (dense_total / total) if total > 0 else None,
     }
     if reports is None:  # the dense row
-        agg.update(psnr_mean=math.inf, ssim_mean=1.0, latent_rel_l2=0.0, latent_cosine=1.0,
-                   attention_max_rel_l2=0.0, passed=True)
+        agg.update(
+            psnr_mean=math.inf,
+            ssim_mean=1.0,
+            latent_rel_l2=0.0,
+            latent_cosine=1.0,
+            attention_max_rel_l2=0.0,
+            passed=True,
+        )
     else:
         agg.update(
             psnr_mean=_mean([r.psnr_mean for r in reports]),
@@ -115,8 +121,10 @@ def results_markdown(results: dict[str, Any]) -> str:
             "run only exercises the code path."
         )
         lines.append("")
-    lines.append("Timings are wall-clock per run on this machine (one process, same inputs); quality is against "
-                 "the dense run of the same prompt and seed.")
+    lines.append(
+        "Timings are wall-clock per run on this machine (one process, same inputs); quality is against "
+        "the dense run of the same prompt and seed."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -204,8 +212,9 @@ def run_ab(
         stem = f"{i:03d}_{media.slugify(prompt)}{tag}"
         frames: list[tuple[str, Any]] = []
         echo(f"[{i + 1}/{n}] dense: {prompt!r} (seed {s})")
-        dense = run_pipeline(pipe, prompt, s, capture_step=set(cal.values()) if attention else None,
-                             progress=progress, **gen_kwargs)
+        dense = run_pipeline(
+            pipe, prompt, s, capture_step=set(cal.values()) if attention else None, progress=progress, **gen_kwargs
+        )
         runs["dense"].append(dense)
         frames.append(("dense", dense.frames))
         p = media.write_media(out_dir / "outputs" / "dense" / stem, dense.frames, fps=lm.fps)

@@ -158,7 +158,7 @@ class PatchHandle:
         lines.append(f"  measured: {cfg.measured}")
         d = cfg.defaults
         lines.append(
-            f"  dense_steps: {cfg.dense_steps} (steps counted as distinct timesteps per generation); "
+            f"  dense_steps: {cfg.dense_steps} (the first steps of each generation run dense); "
             f"on_oversize: {d.on_oversize}; backend: {d.backend}"
         )
         gen = self._tracker

@@ -103,6 +103,16 @@ def _check_out(out: Path) -> None:
         _fail(why)
 
 
+def _check_media(lm: Any) -> None:
+    """Fail before anything is written when this model's outputs (MP4 for video) cannot be written here."""
+    if lm.rules.is_video:
+        from .media import video_writer_problem
+
+        why = video_writer_problem()
+        if why:
+            _fail(why)
+
+
 def _prepare_out(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +167,7 @@ def generate(
     frames: FramesOpt = None,
     steps: StepsOpt = None,
     seed: SeedOpt = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("na_accel_outputs"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("outputs/generate"),
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     quiet: QuietOpt = False,
@@ -177,6 +187,7 @@ def generate(
 
         kw = generation_kwargs(lm, height, width, frames, steps)
         _fits(lm, rc, kw)
+        _check_media(lm)
         _prepare_out(out)
         _run_generate(lm, rc, prompts, kw, seed, out, progress=not quiet)
 
@@ -279,10 +290,8 @@ def ab(
     frames: FramesOpt = None,
     steps: StepsOpt = None,
     seed: SeedOpt = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("na_accel_ab"),
-    warmup: Annotated[
-        int, typer.Option("--warmup", help="Untimed short warm-up runs per config before timing.")
-    ] = 1,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("outputs/ab"),
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed short warm-up runs per config before timing.")] = 1,
     attention: Annotated[
         bool, typer.Option("--attention/--no-attention", help="Per-layer attention error on the calibration step.")
     ] = True,
@@ -314,16 +323,20 @@ def ab(
         kw = generation_kwargs(lm, height, width, frames, steps)
         for rc in rcs:
             _fits(lm, rc, kw)
+        _check_media(lm)
         _prepare_out(out)
         from .ab import run_ab
 
-        results = run_ab(lm, prompts, rcs, kw, seed, out, warmup=warmup, progress=not quiet, attention=attention,
-                         echo=_info)
+        results = run_ab(
+            lm, prompts, rcs, kw, seed, out, warmup=warmup, progress=not quiet, attention=attention, echo=_info
+        )
         from .ab import results_markdown
 
         typer.echo(results_markdown(results))
-        typer.echo(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'speed_vs_quality.png'}, "
-                   f"{len(results['comparisons'])} comparison(s) in {out / 'compare'}")
+        typer.echo(
+            f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'speed_vs_quality.png'}, "
+            f"{len(results['comparisons'])} comparison(s) in {out / 'compare'}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -339,9 +352,7 @@ def check(
     config: Annotated[
         str | None, typer.Option("--config", "-c", help="Preset name or YAML path (default: the family's preset).")
     ] = None,
-    prompt: Annotated[
-        list[str] | None, typer.Option("--prompt", "-p", help="Prompt to check (repeatable).")
-    ] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt to check (repeatable).")] = None,
     height: HeightOpt = None,
     width: WidthOpt = None,
     frames: FramesOpt = None,
@@ -383,13 +394,27 @@ def check(
         _fits(lm, rc, kw)
         from .quality import Thresholds, compare
 
-        thr = Thresholds.from_config(rc.config, min_psnr=min_psnr, min_ssim=min_ssim,
-                                     max_latent_rel_l2=max_latent_rel_l2, min_latent_cosine=min_latent_cosine)
+        thr = Thresholds.from_config(
+            rc.config,
+            min_psnr=min_psnr,
+            min_ssim=min_ssim,
+            max_latent_rel_l2=max_latent_rel_l2,
+            min_latent_cosine=min_latent_cosine,
+        )
         reports = []
         for i, p in enumerate(prompts):
             _info(f"[{i + 1}/{len(prompts)}] checking {rc.name} on {p!r} (seed {seed + i})")
-            rep = compare(lm.pipe, rc.config, p, seed + i, attention=attention, progress=not quiet,
-                          thresholds=thr, model_label=lm.label, **kw)
+            rep = compare(
+                lm.pipe,
+                rc.config,
+                p,
+                seed + i,
+                attention=attention,
+                progress=not quiet,
+                thresholds=thr,
+                model_label=lm.label,
+                **kw,
+            )
             rep.config = rc.name
             rep.random_weights = lm.random_weights
             reports.append(rep)
@@ -399,14 +424,25 @@ def check(
             from . import media
             from .generate import device_description, now_iso, versions
 
-            media.write_json(json_out, {
-                "model": lm.label, "random_weights": lm.random_weights, "config": rc.name,
-                "config_source": rc.source, "passed": passed, "device": device_description(lm.device),
-                "versions": versions(), "created": now_iso(), "reports": [r.to_dict() for r in reports],
-            })
+            media.write_json(
+                json_out,
+                {
+                    "model": lm.label,
+                    "random_weights": lm.random_weights,
+                    "config": rc.name,
+                    "config_source": rc.source,
+                    "passed": passed,
+                    "device": device_description(lm.device),
+                    "versions": versions(),
+                    "created": now_iso(),
+                    "reports": [r.to_dict() for r in reports],
+                },
+            )
         n_fail = sum(not r.passed for r in reports)
-        typer.echo(f"quality gate {'PASSED' if passed else 'FAILED'}: {len(reports) - n_fail}/{len(reports)} "
-                   f"prompt(s) within the thresholds of {rc.name}")
+        typer.echo(
+            f"quality gate {'PASSED' if passed else 'FAILED'}: {len(reports) - n_fail}/{len(reports)} "
+            f"prompt(s) within the thresholds of {rc.name}"
+        )
     if not passed:
         raise typer.Exit(code=EXIT_FAILED)
 
@@ -437,7 +473,7 @@ def bench(
     ] = 50,
     tiny: Annotated[bool, typer.Option("--tiny", help="Use the tiny transformer (allowed on CPU).")] = False,
     device: DeviceOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the JSON record.")] = Path("bench_results"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the JSON record.")] = Path("bench/results"),
 ) -> None:
     """Per-step time of a real-size transformer (random weights, bf16, GPU): dense vs a config."""
     with _handle_errors():
@@ -454,8 +490,10 @@ def bench(
         if dev.startswith("cuda") and not torch.cuda.is_available():
             _fail(f"--device {dev}: CUDA is not available on this machine")
         if not dev.startswith("cuda") and not tiny:
-            _fail("bench builds a real-size model and needs a CUDA GPU; on a CPU add --tiny to exercise the code "
-                  "path with the tiny transformer")
+            _fail(
+                "bench builds a real-size model and needs a CUDA GPU; on a CPU add --tiny to exercise the code "
+                "path with the tiny transformer"
+            )
         from .generate import resolve_config
 
         if config in ("dense", "none"):
@@ -474,8 +512,9 @@ def bench(
         from .model_bench import run_bench
 
         _quiet_libraries()
-        rec = run_bench(fam, rc.config, rc.name, case, device=dev, iters=steps, warmup=warmup,
-                        total_steps=total_steps, echo=_info)
+        rec = run_bench(
+            fam, rc.config, rc.name, case, device=dev, iters=steps, warmup=warmup, total_steps=total_steps, echo=_info
+        )
         from . import media
         from .generate import device_description, now_iso, versions
 
@@ -498,13 +537,22 @@ def _bench_table(r: dict) -> str:
         ("dense step", ms(r["dense_step_s"])),
         (f"{r['config']} step", ms(r["patched_step_s"])),
         ("speedup per sparse step", f"{r['speedup_per_sparse_step']:.2f}x" if r["speedup_per_sparse_step"] else "-"),
-        (f"{r['projection_steps']}-step projection",
-         f"{ms(r['projected_dense_s'])} -> {ms(r['projected_patched_s'])} ({r['dense_steps']} dense steps): "
-         f"{r['projected_speedup']:.2f}x" if r["projected_speedup"] else "-"),
+        (
+            f"{r['projection_steps']}-step projection",
+            f"{ms(r['projected_dense_s'])} -> {ms(r['projected_patched_s'])} ({r['dense_steps']} dense steps): "
+            f"{r['projected_speedup']:.2f}x"
+            if r["projected_speedup"]
+            else "-",
+        ),
     ]
     if r.get("peak_mem_dense_bytes") is not None:
-        rows.append(("peak GPU memory", f"{r['peak_mem_dense_bytes'] / 2**30:.1f} GiB dense, "
-                                        f"{r['peak_mem_patched_bytes'] / 2**30:.1f} GiB patched"))
+        rows.append(
+            (
+                "peak GPU memory",
+                f"{r['peak_mem_dense_bytes'] / 2**30:.1f} GiB dense, "
+                f"{r['peak_mem_patched_bytes'] / 2**30:.1f} GiB patched",
+            )
+        )
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
@@ -526,13 +574,15 @@ def presets(
         rows = []
         for p in items:
             measured = getattr(p, "measured", None)
-            rows.append({
-                "name": p.name,
-                "model": getattr(p, "model", None),
-                "description": getattr(p, "description", None),
-                "measured": _measured_text(measured),
-                "path": str(getattr(p, "path", "") or ""),
-            })
+            rows.append(
+                {
+                    "name": p.name,
+                    "model": getattr(p, "model", None),
+                    "description": getattr(p, "description", None),
+                    "measured": _measured_text(measured),
+                    "path": str(getattr(p, "path", "") or ""),
+                }
+            )
         if as_json:
             import json
 

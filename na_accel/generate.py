@@ -204,8 +204,14 @@ def _resolve_dtype(dtype: str | None, device: str) -> Any:
 
     if dtype in (None, "", "auto"):
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise InputError(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
     return table[dtype]
@@ -301,8 +307,9 @@ def generation_kwargs(
     if not lm.rules.is_video:
         kw.pop("num_frames", None)
     # re-check the merged values (defaults of a tiny model are valid, but a user height with a default width...)
-    lm.rules.check(kw.get("height"), kw.get("width"), kw.get("num_frames") if lm.rules.is_video else None,
-                   model=lm.label)
+    lm.rules.check(
+        kw.get("height"), kw.get("width"), kw.get("num_frames") if lm.rules.is_video else None, model=lm.label
+    )
     return kw
 
 
@@ -410,6 +417,10 @@ def versions() -> dict[str, str | None]:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = None
+    if out["na_accel"] is None:  # running from a source tree that is not installed
+        from . import __version__
+
+        out["na_accel"] = __version__
     return out
 
 

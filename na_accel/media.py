@@ -27,6 +27,7 @@ __all__ = [
     "to_uint8",
     "write_json",
     "write_media",
+    "video_writer_problem",
     "write_mp4",
     "write_png",
     "write_text",
@@ -119,6 +120,19 @@ def _even(a: np.ndarray) -> np.ndarray:
     if ph or pw:
         a = np.pad(a, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
     return a
+
+
+def video_writer_problem() -> str | None:
+    """Why MP4 files cannot be written here (None when they can): imageio's FFMPEG plugin needs imageio-ffmpeg."""
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except ImportError:
+        return "cannot write MP4 videos: the imageio-ffmpeg package is not installed (pip install 'imageio[ffmpeg]')"
+    except Exception as e:  # noqa: BLE001 - e.g. no ffmpeg binary for this platform
+        return f"cannot write MP4 videos: no ffmpeg executable ({e})"
+    return None
 
 
 def write_mp4(path: str | os.PathLike, frames: Any, fps: int = 8) -> Path:

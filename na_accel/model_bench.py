@@ -23,18 +23,37 @@ REAL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "hunyuan": (
         "HunyuanVideoTransformer3DModel",
         dict(
-            in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
-            num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
-            qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
-            rope_theta=256.0, rope_axes_dim=(16, 56, 56),
+            in_channels=16,
+            out_channels=16,
+            num_attention_heads=24,
+            attention_head_dim=128,
+            num_layers=20,
+            num_single_layers=40,
+            num_refiner_layers=2,
+            mlp_ratio=4.0,
+            patch_size=2,
+            patch_size_t=1,
+            qk_norm="rms_norm",
+            guidance_embeds=True,
+            text_embed_dim=4096,
+            pooled_projection_dim=768,
+            rope_theta=256.0,
+            rope_axes_dim=(16, 56, 56),
         ),
     ),
     # black-forest-labs/FLUX.1-dev, 11.9B
     "flux": (
         "FluxTransformer2DModel",
         dict(
-            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+            patch_size=1,
+            in_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
             axes_dims_rope=(16, 56, 56),
         ),
     ),
@@ -42,18 +61,39 @@ REAL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "cosmos": (
         "CosmosTransformer3DModel",
         dict(
-            in_channels=16, out_channels=16, num_attention_heads=32, attention_head_dim=128, num_layers=28,
-            mlp_ratio=4.0, text_embed_dim=1024, adaln_lora_dim=256, max_size=(128, 240, 240), patch_size=(1, 2, 2),
-            rope_scale=(2.0, 1.0, 1.0), concat_padding_mask=True, extra_pos_embed_type="learnable",
+            in_channels=16,
+            out_channels=16,
+            num_attention_heads=32,
+            attention_head_dim=128,
+            num_layers=28,
+            mlp_ratio=4.0,
+            text_embed_dim=1024,
+            adaln_lora_dim=256,
+            max_size=(128, 240, 240),
+            patch_size=(1, 2, 2),
+            rope_scale=(2.0, 1.0, 1.0),
+            concat_padding_mask=True,
+            extra_pos_embed_type="learnable",
         ),
     ),
     # Wan-AI/Wan2.1-T2V-14B-Diffusers, 14.3B
     "wan": (
         "WanTransformer3DModel",
         dict(
-            patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-            text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None,
+            patch_size=(1, 2, 2),
+            num_attention_heads=40,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=13824,
+            num_layers=40,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+            image_dim=None,
+            added_kv_proj_dim=None,
             rope_max_seq_len=1024,
         ),
     ),
@@ -77,9 +117,7 @@ def family_from(family: str | None, model_class: str | None) -> str:
             if family and family != fam:
                 raise InputError(f"--model-class {model_class} is a {fam} model, not {family}")
             return fam
-        raise InputError(
-            f"unsupported model class {model_class!r}; choose one of {', '.join(FAMILY_BY_CLASS)}"
-        )
+        raise InputError(f"unsupported model class {model_class!r}; choose one of {', '.join(FAMILY_BY_CLASS)}")
     fam = family or "hunyuan"
     if fam not in REAL_CONFIGS:
         raise InputError(f"unknown family {fam!r}; choose one of {', '.join(REAL_CONFIGS)}")
@@ -117,9 +155,14 @@ def make_case(family: str, height: int | None, width: int | None, frames: int | 
         from .tiny import default_generation_kwargs
 
         d = default_generation_kwargs(family)
-        sizes = dict(height=d["height"], width=d["width"], frames=d.get("num_frames", 1), vae_spatial=8,
-                     vae_temporal=8 if family == "cosmos" else (1 if family == "flux" else 4),
-                     text_tokens=d.get("max_sequence_length", 32))
+        sizes = dict(
+            height=d["height"],
+            width=d["width"],
+            frames=d.get("num_frames", 1),
+            vae_spatial=8,
+            vae_temporal=8 if family == "cosmos" else (1 if family == "flux" else 4),
+            text_tokens=d.get("max_sequence_length", 32),
+        )
     else:
         sizes = dict(REAL_SIZES[family])
     h = height if height is not None else sizes["height"]
@@ -176,9 +219,13 @@ def make_inputs(family: str, transformer: Any, case: BenchCase, device: str, dty
     if family == "hunyuan":
         mask = torch.ones(1, n_text, device=device, dtype=torch.bool)
         return dict(
-            hidden_states=rnd(1, *lat), timestep=t.to(dtype), encoder_hidden_states=rnd(1, n_text, cfg.text_embed_dim),
-            encoder_attention_mask=mask, pooled_projections=rnd(1, cfg.pooled_projection_dim),
-            guidance=torch.tensor([6000.0], device=device, dtype=dtype), return_dict=False,
+            hidden_states=rnd(1, *lat),
+            timestep=t.to(dtype),
+            encoder_hidden_states=rnd(1, n_text, cfg.text_embed_dim),
+            encoder_attention_mask=mask,
+            pooled_projections=rnd(1, cfg.pooled_projection_dim),
+            guidance=torch.tensor([6000.0], device=device, dtype=dtype),
+            return_dict=False,
         )
     if family == "flux":
         c, h, w = lat
@@ -197,13 +244,20 @@ def make_inputs(family: str, transformer: Any, case: BenchCase, device: str, dty
         )
     if family == "cosmos":
         return dict(
-            hidden_states=rnd(1, *lat), timestep=t.to(dtype), encoder_hidden_states=rnd(1, n_text, cfg.text_embed_dim),
-            fps=30, padding_mask=torch.zeros(1, 1, case.height, case.width, device=device, dtype=dtype),
+            hidden_states=rnd(1, *lat),
+            timestep=t.to(dtype),
+            encoder_hidden_states=rnd(1, n_text, cfg.text_embed_dim),
+            fps=30,
+            padding_mask=torch.zeros(1, 1, case.height, case.width, device=device, dtype=dtype),
             return_dict=False,
         )
     if family == "wan":
-        return dict(hidden_states=rnd(1, *lat), timestep=t, encoder_hidden_states=rnd(1, n_text, cfg.text_dim),
-                    return_dict=False)
+        return dict(
+            hidden_states=rnd(1, *lat),
+            timestep=t,
+            encoder_hidden_states=rnd(1, n_text, cfg.text_dim),
+            return_dict=False,
+        )
     raise AssertionError(family)
 
 
@@ -256,8 +310,10 @@ def run_bench(
     build_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in tr.parameters())
     inputs = make_inputs(family, tr, case, device, dtype)
-    echo(f"built {type(tr).__name__} ({n_params / 1e9:.2f}B parameters, {str(dtype).replace('torch.', '')}) "
-         f"on {device} in {build_s:.1f} s; token grid {case.token_grid}")
+    echo(
+        f"built {type(tr).__name__} ({n_params / 1e9:.2f}B parameters, {str(dtype).replace('torch.', '')}) "
+        f"on {device} in {build_s:.1f} s; token grid {case.token_grid}"
+    )
 
     def step() -> None:
         with torch.no_grad():

@@ -353,7 +353,9 @@ class QualityReport:
                 return "inf"
             return format(v, spec)
 
-        model = self.model + (" [tiny random-weight model]" if self.random_weights and "tiny" not in self.model else "")
+        model = self.model + (
+            " [tiny random-weight model]" if self.random_weights and "tiny" not in self.model else ""
+        )
         lines = [
             f"Quality check: {self.config} vs dense  ({'PASS' if self.passed else 'FAIL'})",
             f"  model: {model}",
@@ -540,7 +542,7 @@ def run_pipeline(
             handle.remove()
     start = state["t_start"] if state["t_start"] is not None else t0
     marks = [start] + state["marks"]
-    steps = [b - a for a, b in zip(marks[:-1], marks[1:])]
+    steps = [b - a for a, b in zip(marks[:-1], marks[1:], strict=True)]
     peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
     return RunResult(
         frames=frames_from_output(out),

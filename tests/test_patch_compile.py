@@ -54,3 +54,29 @@ def test_compiled_patched_block_has_no_graph_break(family, block_name):
         torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
         assert (eager - dense).abs().max() > 1e-4  # the compiled graph ran the sparse pattern
     torch._dynamo.reset()
+
+
+def test_compiled_blocks_do_not_recompile_per_step():
+    """diffusers' compile_repeated_blocks on a patched model: new steps and new forwards reuse the graphs (a step
+    changes no guard), only the switch from dense steps to sparse steps compiles once more."""
+    torch._dynamo.reset()
+    m = tiny_transformer("hunyuan")
+    kw = inputs("hunyuan", text_lengths=[5, 8])
+    config = {"version": 1, "defaults": {**SPARSE["hunyuan"], "dense_steps": 2}}
+    with torch.no_grad(), na_accel.patched(m, config=config) as handle:
+        m.compile_repeated_blocks(fullgraph=True, backend="eager")
+        timesteps = iter(range(900, 0, -10))
+
+        def step():
+            return run(m, {**kw, "timestep": torch.full((2,), float(next(timesteps)))})
+
+        step()  # dense step 0: compiles
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            step()  # dense step 1
+        sparse = step()  # sparse step 2: compiles the sparse path
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            again = step()
+            step()
+        assert handle.step == 4
+        assert not torch.equal(sparse, again)  # other timesteps, same graphs
+    torch._dynamo.reset()

@@ -128,7 +128,7 @@ def composed(monkeypatch, family: str, m, kw, windows, text_lengths=None) -> tor
         b = query.shape[0]
         full = bf.full_mask(gm, b, num_text, text_lengths, True, TEXT_FIRST.get(family, False))
         out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=full[:, None]
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=full[:, None].to(query.device)
         )
         return out.transpose(1, 2)
 
@@ -183,13 +183,14 @@ def test_dense_plans_and_unpatch_are_bit_identical(family):
     hooks = dict(m._forward_pre_hooks)
     handle = na_accel.patch(m, config={"version": 1, "defaults": SPARSE[family]})
     assert na_accel.is_patched(m)
+    assert hasattr(sys.modules[MODULES[family]].dispatch_attention_fn, "_na_accel_original")
     assert (run(m, kw) - ref).abs().max() > 1e-3
     assert na_accel.unpatch(m) is True
     assert not handle.active and not na_accel.is_patched(m)
     assert na_accel.unpatch(m) is False
     assert {n: mod.processor for n, mod in m.named_modules() if hasattr(mod, "processor")} == processors
     assert dict(m._forward_pre_hooks) == hooks
-    assert sys.modules[MODULES[family]].dispatch_attention_fn.__name__ == "dispatch_attention_fn"
+    assert not hasattr(sys.modules[MODULES[family]].dispatch_attention_fn, "_na_accel_original")
     assert torch.equal(run(m, kw), ref)
 
 
@@ -212,6 +213,30 @@ def test_sparse_plan_matches_masked_sdpa_composition(family, monkeypatch):
     assert_close(out, expected)
     assert (out - dense).abs().max() > 1e-3  # the pattern matters
     assert all(r["sparse_calls"] == 1 and r["fallback_calls"] == 0 for r in rows), rows
+
+
+def test_cosmos_predict2_and_wan22_ti2v_variants(monkeypatch):
+    """Cosmos-Predict2 layout (no learnable pos. embedding, condition mask, per-frame timestep [B, 1, T, 1, 1]) and
+    Wan 2.2 TI2V's per-token timestep [B, S]: same token grid, the step from the timestep's maximum."""
+    cosmos = tiny_transformer("cosmos", in_channels=17, extra_pos_embed_type=None, rope_scale=(1.0, 4.0, 4.0))
+    kw_cosmos = inputs("cosmos")
+    b, _, f, h, w = kw_cosmos["hidden_states"].shape
+    kw_cosmos["condition_mask"] = torch.zeros(b, 1, f, h, w)
+    kw_cosmos["condition_mask"][:, :, 0] = 1
+    kw_cosmos["timestep"] = torch.full((b, 1, f, 1, 1), 0.7)
+    kw_cosmos["timestep"][:, :, 0] = 0.0
+    wan = model("wan")
+    kw_wan = inputs("wan")
+    n = 3 * 4 * 6
+    kw_wan["timestep"] = torch.full((2, n), 700.0)
+    kw_wan["timestep"][:, : 4 * 6] = 0.0  # first latent frame is the (clean) conditioning image
+    for family, m, kw in (("cosmos", cosmos, kw_cosmos), ("wan", wan, kw_wan)):
+        spec = _spec(SPARSE[family])
+        expected = composed(monkeypatch, family, m, dict(kw), lambda i, spec=spec: spec)
+        with na_accel.patched(m, config={"version": 1, "defaults": SPARSE[family]}) as handle:
+            out = run(m, kw)
+            assert f"timestep {float(kw['timestep'].max()):g}" in handle.summary()
+        assert_close(out, expected)
 
 
 @pytest.mark.parametrize("family", ["hunyuan", "flux"])
@@ -356,8 +381,32 @@ def test_fallback_mask_not_key_padding_is_identical():
         with na_accel.patched(m, config={"version": 1, "defaults": SPARSE["flux"]}) as handle:
             assert torch.equal(run(m, kw2), ref)
             rows = handle.layer_plans()
-        assert all(r["fallback_calls"] == 1 and r["sparse_calls"] == 0 for r in rows)
-        assert "mask" in rows[0]["last_fallback"]
+            assert "joint_attention_kwargs: attention mask" in handle.summary()
+        assert all(r["dense_calls"] == 1 and r["sparse_calls"] == 0 for r in rows)
+    # a block called on its own with such a mask: caught per call
+    m = model("hunyuan")
+    kw = inputs("hunyuan", text_lengths=[5, 8])
+    args = _block_inputs(m, "transformer_blocks.0", kw)
+    bad = args[3].clone()
+    bad[0, 0, 0, 3] = False  # a masked video key
+    args = (*args[:3], bad, *args[4:])
+    ref = m.transformer_blocks[0](*args)
+    with na_accel.patched(m, config={"version": 1, "defaults": SPARSE["hunyuan"]}) as handle:
+        run(m, kw)
+        out = m.transformer_blocks[0](*args)
+        row = handle.layer_plans()[0]
+    assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
+    assert row["fallback_calls"] == 1 and "not a pure text key-padding mask" in row["last_fallback"]
+
+
+def _block_inputs(m, name, kw):
+    captured = []
+    hook = m.get_submodule(name).register_forward_pre_hook(lambda mod, args: captured.append(args))
+    try:
+        run(m, kw)
+    finally:
+        hook.remove()
+    return captured[0]
 
 
 def test_fallback_block_called_on_another_sequence_and_autograd():
@@ -495,3 +544,24 @@ def test_unsupported_processor_layer_stays_dense():
         assert rows["transformer_blocks.0.attn"]["patched"] is False
         assert "AttnProcessor2_0 is not supported" in handle.summary()
         assert isinstance(m.transformer_blocks[0].attn.processor, AttnProcessor2_0)
+
+
+def test_two_models_of_one_family_patched_independently(monkeypatch):
+    """The interceptor is shared per diffusers module and reference counted; each model keeps its own plan."""
+    a, b = model("cosmos"), tiny_transformer("cosmos", seed=1)
+    kw = inputs("cosmos")
+    mod = sys.modules[MODULES["cosmos"]]
+    ref_b = run(b, kw)
+    expected_a = composed(monkeypatch, "cosmos", a, dict(kw), lambda i: _spec(SPARSE["cosmos"]))
+    ha = na_accel.patch(a, config={"version": 1, "defaults": SPARSE["cosmos"]})
+    hb = na_accel.patch(b, config={"version": 1, "defaults": {"kernel_size": -1}})
+    try:
+        assert torch.equal(run(b, kw), ref_b)
+        assert_close(run(a, kw), expected_a)
+        hb.unpatch()
+        assert hasattr(mod.dispatch_attention_fn, "_na_accel_original")
+        assert_close(run(a, kw), expected_a)
+    finally:
+        ha.unpatch()
+        hb.unpatch()
+    assert not hasattr(mod.dispatch_attention_fn, "_na_accel_original")

@@ -57,7 +57,7 @@ def test_ssim_decreases_with_noise():
     noise = torch.randn(x.shape, generator=g)
     values = [ssim(x, (x + s * noise).clamp(0, 1)).item() for s in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)]
     assert values[0] == pytest.approx(1.0)
-    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert all(a > b for a, b in zip(values[:-1], values[1:], strict=True)), values
     assert values[-1] < 0.7
 
 
@@ -160,8 +160,18 @@ def test_report_to_dict_is_strict_json():
     text = json.dumps(d, allow_nan=False)
     back = json.loads(text)
     assert back["psnr_mean"] == "inf" and back["passed"] is True
-    for key in ("latent_rel_l2", "latent_cosine", "psnr_per_frame", "ssim_per_frame", "ssim_mean", "thresholds",
-                "failures", "attention", "lpips_status", "random_weights"):
+    for key in (
+        "latent_rel_l2",
+        "latent_cosine",
+        "psnr_per_frame",
+        "ssim_per_frame",
+        "ssim_mean",
+        "thresholds",
+        "failures",
+        "attention",
+        "lpips_status",
+        "random_weights",
+    ):
         assert key in back
     assert "tiny random-weight model" in r.summary()
 
@@ -230,9 +240,8 @@ def _window_config(kernel, dense_steps=0):
 
 @needs_api
 def test_compare_whole_grid_window_matches_dense(hunyuan_pipe):
-    from na_accel.quality import compare
-
     import na_accel
+    from na_accel.quality import compare
 
     kw = _kw("hunyuan")
     r = compare(hunyuan_pipe, _window_config(-1), "a red fox", seed=0, **kw)

@@ -132,6 +132,8 @@ CASES = [
     ((37,), 8, 3, 1, False),  # even window, GNA stride, ragged tiles
     ((37,), 5, 5, 2, False),  # blocked + dilation, group lengths 19 and 18
     ((37,), 6, 2, 1, True),  # causal with stride
+    ((48,), 32, 16, 1, False),  # tile-aligned GNA: every key tile fully inside (unmasked loop only)
+    ((8, 16), (4, 8), (4, 8), (1, 1), (False, False)),  # blocked, tile-aligned in 2-D
     ((9, 11), (3, 4), (1, 1), (1, 1), (False, False)),
     ((9, 11), (4, 5), (2, 5), (2, 1), (False, False)),
     ((9, 11), (3, 3), (1, 2), (1, 3), (True, False)),

@@ -95,6 +95,17 @@ def _load_rows(ptr, rows, offs_d, stride_d, HEAD_DIM, PAD_D: tl.constexpr, CAST_
 
 
 @triton.jit
+def _key_rows(kk0, kk1, kk2, g0, g1, g2, lg0, lg1, lg2, D0, D1, D2, L1, L2, CLAMP: tl.constexpr):
+    """Raster token index (int64) of in-group key coordinates; clamped into the group when ``CLAMP``."""
+    if CLAMP:
+        kk0 = tl.minimum(kk0, lg0 - 1)
+        kk1 = tl.minimum(kk1, lg1 - 1)
+        kk2 = tl.minimum(kk2, lg2 - 1)
+    tok = ((g0 + D0 * kk0) * L1 + (g1 + D1 * kk1)) * L2 + (g2 + D2 * kk2)
+    return tok.to(tl.int64)
+
+
+@triton.jit
 def _gna_fwd_kernel(
     Q, K, V, Out, LSE, EK, EV, ELEN,
     sqb, sqn, sqh, sqd,
@@ -182,32 +193,55 @@ def _gna_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    for j in range(0, c0 * c1 * c2):
-        j2 = j % c2
-        j1 = (j // c2) % c1
-        j0 = j // (c1 * c2)
-        y0 = u_lo0 + j0 * TK0  # first in-group key coordinate of the key tile
-        y1 = u_lo1 + j1 * TK1
-        y2 = u_lo2 + j2 * TK2
-        kk0 = y0 + kr0
-        kk1 = y1 + kr1
-        kk2 = y2 + kr2
-        k_tok = ((g0 + D0 * tl.minimum(kk0, lg0 - 1)) * L1 + (g1 + D1 * tl.minimum(kk1, lg1 - 1))) * L2 + (
-            g2 + D2 * tl.minimum(kk2, lg2 - 1)
-        )
-        k_tok = k_tok.to(tl.int64)
+    # Key tiles fully inside every query's window: index range [fa, fa + nf) per axis (a box F, maybe empty).
+    fa0 = tl.cdiv(i_lo0 - u_lo0, TK0)
+    fa1 = tl.cdiv(i_lo1 - u_lo1, TK1)
+    fa2 = tl.cdiv(i_lo2 - u_lo2, TK2)
+    nf0 = tl.maximum(tl.minimum((i_hi0 - u_lo0 + 1) // TK0, c0) - fa0, 0)
+    nf1 = tl.maximum(tl.minimum((i_hi1 - u_lo1 + 1) // TK1, c1) - fa1, 0)
+    nf2 = tl.maximum(tl.minimum((i_hi2 - u_lo2 + 1) // TK2, c2) - fa2, 0)
+    f_empty = (nf0 == 0) | (nf1 == 0) | (nf2 == 0)
+    nf0 = tl.where(f_empty, 0, nf0)
+    fa0 = tl.where(f_empty, 0, fa0)
+
+    # 1) full tiles: no mask, no branch
+    for j in range(0, nf0 * nf1 * nf2):
+        j2 = fa2 + j % nf2
+        j1 = fa1 + (j // nf2) % nf1
+        j0 = fa0 + j // (nf1 * nf2)
+        k_tok = _key_rows(u_lo0 + j0 * TK0 + kr0, u_lo1 + j1 * TK1 + kr1, u_lo2 + j2 * TK2 + kr2,
+                          g0, g1, g2, lg0, lg1, lg2, D0, D1, D2, L1, L2, False)  # fmt: skip
         k = _load_rows(k_base, k_tok * skn, offs_d, skd, HEAD_DIM, PAD_D, CAST_F32)
         v = _load_rows(v_base, k_tok * svn, offs_d, svd, HEAD_DIM, PAD_D, CAST_F32)
-        partial = (y0 < i_lo0) | (y0 + (TK0 - 1) > i_hi0)
-        partial = partial | (y1 < i_lo1) | (y1 + (TK1 - 1) > i_hi1)
-        partial = partial | (y2 < i_lo2) | (y2 + (TK2 - 1) > i_hi2)
-        if partial:
-            mask = (kk0[None, :] >= lo0[:, None]) & (kk0[None, :] <= hi0[:, None])
-            mask = mask & (kk1[None, :] >= lo1[:, None]) & (kk1[None, :] <= hi1[:, None])
-            mask = mask & (kk2[None, :] >= lo2[:, None]) & (kk2[None, :] <= hi2[:, None])
-            m_i, l_i, acc = _masked_softmax_step(q, k, v, mask, m_i, l_i, acc, qk_scale, DOT_PREC)
-        else:
-            m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, qk_scale, DOT_PREC)
+        m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, qk_scale, DOT_PREC)
+
+    # 2) the other tiles of the union, masked: the complement of F as three regions (outside F on axis 0; inside on
+    #    axis 0, outside on axis 1; inside on axes 0 and 1, outside on axis 2). skip(x, a, n) = x < a ? x : x + n.
+    n_a = (c0 - nf0) * c1 * c2
+    n_b = nf0 * (c1 - nf1) * c2
+    n_c = nf0 * nf1 * (c2 - nf2)
+    for i in range(0, n_a + n_b + n_c):
+        in_a = i < n_a
+        in_b = (i >= n_a) & (i < n_a + n_b)
+        loc = i - tl.where(in_a, 0, tl.where(in_b, n_a, n_a + n_b))
+        e1 = tl.where(in_a, c1, tl.where(in_b, c1 - nf1, nf1))
+        e2 = tl.where(in_a | in_b, c2, c2 - nf2)
+        x2 = loc % e2
+        x1 = (loc // e2) % e1
+        x0 = loc // (e2 * e1)
+        j0 = tl.where(in_a, tl.where(x0 < fa0, x0, x0 + nf0), fa0 + x0)
+        j1 = tl.where(in_a, x1, tl.where(in_b, tl.where(x1 < fa1, x1, x1 + nf1), fa1 + x1))
+        j2 = tl.where(in_a | in_b, x2, tl.where(x2 < fa2, x2, x2 + nf2))
+        kk0 = u_lo0 + j0 * TK0 + kr0
+        kk1 = u_lo1 + j1 * TK1 + kr1
+        kk2 = u_lo2 + j2 * TK2 + kr2
+        k_tok = _key_rows(kk0, kk1, kk2, g0, g1, g2, lg0, lg1, lg2, D0, D1, D2, L1, L2, True)
+        k = _load_rows(k_base, k_tok * skn, offs_d, skd, HEAD_DIM, PAD_D, CAST_F32)
+        v = _load_rows(v_base, k_tok * svn, offs_d, svd, HEAD_DIM, PAD_D, CAST_F32)
+        mask = (kk0[None, :] >= lo0[:, None]) & (kk0[None, :] <= hi0[:, None])
+        mask = mask & (kk1[None, :] >= lo1[:, None]) & (kk1[None, :] <= hi1[:, None])
+        mask = mask & (kk2[None, :] >= lo2[:, None]) & (kk2[None, :] <= hi2[:, None])
+        m_i, l_i, acc = _masked_softmax_step(q, k, v, mask, m_i, l_i, acc, qk_scale, DOT_PREC)
 
     if HAS_EXTRA:
         if HAS_ELEN:
@@ -330,26 +364,34 @@ def _cfg(tq, tk, warps, stages):
 
 
 # Candidate (query tile, key tile, warps, stages) per number of grid axes, for head dims <= 128 in 16-bit types.
+# The first one is the default when autotuning is off. v1 on H200: 128 x 64 tiles with 4 warps won everywhere.
 _FAST = {
     3: [
+        _cfg((2, 8, 8), (1, 8, 8), 4, 3),
+        _cfg((2, 8, 8), (1, 8, 8), 4, 2),
+        _cfg((2, 8, 8), (1, 8, 8), 4, 4),
+        _cfg((2, 8, 8), (2, 4, 8), 4, 3),
+        _cfg((4, 4, 8), (1, 8, 8), 4, 3),
         _cfg((2, 8, 8), (2, 8, 8), 8, 3),
         _cfg((2, 8, 8), (2, 8, 8), 8, 2),
-        _cfg((4, 4, 8), (2, 8, 8), 8, 3),
-        _cfg((2, 8, 8), (1, 8, 8), 4, 3),
-        _cfg((4, 4, 8), (4, 4, 8), 8, 3),
-        _cfg((1, 8, 16), (1, 8, 16), 8, 3),
+        _cfg((4, 8, 8), (1, 8, 8), 8, 3),
+        _cfg((4, 8, 8), (1, 8, 8), 8, 2),
+        _cfg((1, 8, 8), (1, 8, 8), 4, 3),
     ],
     2: [
-        _cfg((16, 8), (16, 8), 8, 3),
-        _cfg((16, 8), (16, 8), 8, 2),
-        _cfg((8, 16), (8, 16), 8, 3),
-        _cfg((16, 8), (8, 8), 4, 3),
         _cfg((8, 16), (8, 8), 4, 3),
+        _cfg((16, 8), (8, 8), 4, 3),
+        _cfg((8, 16), (8, 8), 4, 2),
+        _cfg((8, 16), (8, 8), 4, 4),
+        _cfg((16, 8), (16, 8), 8, 3),
+        _cfg((16, 16), (8, 8), 8, 3),
+        _cfg((8, 8), (8, 8), 4, 3),
     ],
     1: [
-        _cfg((128,), (128,), 8, 3),
-        _cfg((128,), (128,), 8, 2),
         _cfg((128,), (64,), 4, 3),
+        _cfg((128,), (64,), 4, 2),
+        _cfg((128,), (128,), 8, 3),
+        _cfg((64,), (64,), 4, 3),
     ],
 }
 # Smaller tiles for head dims above 128 or 32-bit inputs (shared memory and registers).

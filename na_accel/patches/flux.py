@@ -3,14 +3,16 @@
 The image grid is read from ``img_ids`` (rows ``(0, y, x)`` in raster order, as the Flux pipelines build them);
 anything else (e.g. Kontext's extra reference-image tokens) is not a single raster grid and runs dense. Single-stream
 blocks get no ``encoder_hidden_states``: their sequence is ``[text, image]`` with the text length of the forward's
-``encoder_hidden_states``. Flux pipelines pass ``timestep / 1000``; only its order matters for step counting.
+``encoder_hidden_states``. Flux pipelines pass ``timestep / 1000``; only its order matters for step counting. The
+pipelines pass no attention mask; one given through ``joint_attention_kwargs`` must be a text key-padding mask
+(else the forward runs dense).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .runtime import Adapter, Layout
+from .runtime import Adapter, Layout, key_padding_lengths, mask_shape_reason
 
 
 class FluxAdapter(Adapter):
@@ -41,6 +43,19 @@ class FluxAdapter(Adapter):
         if isinstance(grid, str):
             return grid
         return Layout(grid, int(text.shape[1]), text_first=True)
+
+    def check_forward(self, model, args, layout):
+        # diffusers' Flux pipelines pass no mask; a user may pass one through joint_attention_kwargs. It is verified
+        # here, once per forward and outside torch.compile, so compiled blocks can trust it.
+        mask = (args.get("joint_attention_kwargs") or {}).get("attention_mask")
+        if mask is None:
+            return layout
+        batch = args["hidden_states"].shape[0]
+        reason = mask_shape_reason(mask, layout, batch)
+        if reason is None:
+            lengths = key_padding_lengths(mask, layout)
+            reason = lengths if isinstance(lengths, str) else None
+        return layout if reason is None else f"joint_attention_kwargs: {reason}"
 
 
 def raster_grid_2d(ids: torch.Tensor) -> tuple[int, int] | str:

@@ -99,6 +99,10 @@ class Adapter:
         """The token layout of this forward call, or a string saying why it is not recognised."""
         raise NotImplementedError
 
+    def check_forward(self, model: torch.nn.Module, args: dict[str, Any], layout: Layout) -> Layout | str:
+        """Further checks of a recognised forward (e.g. a user-given attention mask); a string makes it dense."""
+        return layout
+
     def timestep(self, model: torch.nn.Module, args: dict[str, Any]) -> float | None:
         """A scalar summary of the ``timestep`` argument (its maximum), or None if absent."""
         t = args.get("timestep")
@@ -184,7 +188,11 @@ class StepTracker:
 
 
 class _Active(threading.local):
-    layer: LayerPatch | None = None
+    """The attention layer whose processor is running, per thread (set by the processor wrappers)."""
+
+    def __init__(self) -> None:
+        # An instance attribute from the start (not a class default): torch.compile guards on this dict's keys.
+        self.layer: LayerPatch | None = None
 
 
 _ACTIVE = _Active()
@@ -319,6 +327,7 @@ class ForwardPlan:
     layout: Layout | None
     step: int | None
     dense_reason: str | None  # every layer dense in this forward (dense step, unrecognised input, ...)
+    dense: bool = False  # dense_reason is not None (a bool, so torch.compile guards do not change every step)
     mask_cache: tuple | None = None  # (mask tensor, text lengths or a fallback reason string)
 
 
@@ -364,7 +373,8 @@ class LayerPatch:
                 logger.debug("na_accel: %s: %s", where, note)
         self.resolved = resolved
         if resolved.covers_grid:
-            self.params, self.reason = None, "window covers the whole grid (dense attention)"
+            clamped = f" ({'; '.join(resolved.notes)})" if resolved.notes else ""
+            self.params, self.reason = None, f"window covers the whole grid{clamped}: dense attention"
         else:
             self.params = make_params(grid, resolved.kernel_size, resolved.stride, resolved.dilation,
                                       resolved.is_causal)  # fmt: skip
@@ -372,14 +382,18 @@ class LayerPatch:
 
     # ---- the attention call ------------------------------------------------------------------------------------
 
-    def _decline(self, reason: str, kind: str = "fallback"):
+    def _decline(self, reason: str):
+        """Fall back to the original attention call for an unrecognised situation."""
         if not torch.compiler.is_compiling():
-            if kind == "fallback":
-                self.stats.fallback += 1
-                self.stats.last_fallback = reason
-                logger.debug("na_accel: %s falls back to dense attention: %s", self.name, reason)
-            else:
-                self.stats.dense += 1
+            self.stats.fallback += 1
+            self.stats.last_fallback = reason
+            logger.debug("na_accel: %s falls back to dense attention: %s", self.name, reason)
+        return None
+
+    def _dense(self):
+        """Planned dense (dense step, dense window, unrecognised forward); the reason is in the plan / layer."""
+        if not torch.compiler.is_compiling():
+            self.stats.dense += 1
         return None
 
     def attend(self, args: tuple, kwargs: dict):
@@ -387,10 +401,8 @@ class LayerPatch:
         plan = self.owner.plan
         if plan is None:
             return self._decline("no plan: the transformer's forward pre-hook did not run for this call")
-        if plan.dense_reason is not None:
-            return self._decline(plan.dense_reason, "dense")
-        if self.params is None:
-            return self._decline(self.reason or "dense", "dense")
+        if plan.dense or self.params is None:
+            return self._dense()
         try:
             q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs, parallel_config = _bind_dispatch(
                 *args, **kwargs
@@ -445,35 +457,48 @@ class LayerPatch:
     def _text_lengths(mask, plan: ForwardPlan, q: torch.Tensor):
         """Per-batch valid text lengths from a key-padding mask, None if all are valid, or a fallback reason."""
         layout = plan.layout
-        b, s = q.shape[0], q.shape[1]
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            return "attention mask is not a boolean tensor"
-        if mask.dim() != 4 or tuple(mask.shape) != (b, 1, 1, s):
-            return f"attention mask of shape {tuple(mask.shape)} is not a [B, 1, 1, S] key-padding mask"
-        if layout.num_text == 0:
-            return "attention mask on a grid-only self-attention"
-        if mask.device != q.device:
-            return "attention mask is on another device than the query"
-        keys = mask[:, 0, 0, :]
-        text = keys[:, layout.text_slice]
+        reason = mask_shape_reason(mask, layout, q.shape[0], q.device)
+        if reason is not None:
+            return reason
         if torch.compiler.is_compiling():
-            # Structure checks need a host sync; under torch.compile the mask is taken to be what diffusers builds
-            # (valid grid keys, a valid prefix of text keys) and the lengths come from the mask itself.
-            return text.sum(dim=-1, dtype=torch.int32)
+            # The structure check needs a host sync. Under torch.compile the mask is taken to be what diffusers
+            # builds (HunyuanVideo: valid grid keys and a valid text prefix, by construction) or what the forward
+            # pre-hook verified (Flux's joint_attention_kwargs mask); the lengths come from the mask itself.
+            return mask[:, 0, 0, layout.text_slice].sum(dim=-1, dtype=torch.int32)
         cached = plan.mask_cache
         if cached is not None and cached[0] is mask:
             return cached[1]
-        t = layout.num_text
-        lengths = text.sum(dim=-1, dtype=torch.int32)
-        prefix = torch.arange(t, device=mask.device)[None, :] < lengths[:, None]
-        if not bool(keys[:, layout.grid_slice].all()) or not bool(torch.equal(text, prefix)):
-            result = "attention mask is not a pure text key-padding mask (valid grid keys, a valid prefix of text)"
-        elif bool((lengths == t).all()):
-            result = None
-        else:
-            result = lengths
+        result = key_padding_lengths(mask, layout)
         plan.mask_cache = (mask, result)
         return result
+
+
+def mask_shape_reason(mask, layout: Layout, batch: int, device=None) -> str | None:
+    """Why ``mask`` is not a boolean ``[B, 1, 1, S]`` key-padding mask for ``layout`` (None if its shape is)."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        return "attention mask is not a boolean tensor"
+    if mask.dim() != 4 or tuple(mask.shape) != (batch, 1, 1, layout.seq_len):
+        return f"attention mask of shape {tuple(mask.shape)} is not a [B, 1, 1, S] key-padding mask"
+    if layout.num_text == 0:
+        return "attention mask on a grid-only self-attention"
+    if device is not None and mask.device != device:
+        return "attention mask is on another device than the query"
+    return None
+
+
+def key_padding_lengths(mask: torch.Tensor, layout: Layout):
+    """Valid text lengths (int32 ``[B]``) of a ``[B, 1, 1, S]`` mask, None if all text is valid, or a reason if the
+    mask is not a pure text key-padding mask (all grid keys valid, a valid prefix of the text keys). Syncs."""
+    keys = mask[:, 0, 0, :]
+    text = keys[:, layout.text_slice]
+    t = layout.num_text
+    lengths = text.sum(dim=-1, dtype=torch.int32)
+    prefix = torch.arange(t, device=mask.device)[None, :] < lengths[:, None]
+    if not bool(keys[:, layout.grid_slice].all()) or not bool(torch.equal(text, prefix)):
+        return "attention mask is not a pure text key-padding mask (valid grid keys, a valid prefix of text)"
+    if bool((lengths == t).all()):
+        return None
+    return lengths
 
 
 class TransformerPatch:
@@ -519,7 +544,7 @@ class TransformerPatch:
             rule, window = config.window_for(name)
             static_reason = None
             if window is None:
-                static_reason = f"rule {rule.match!r} says dense: true"
+                static_reason = f"rule '{rule.match}' says dense: true"
             proc = module.processor
             proc_cls = type(proc)
             if isinstance(proc, NAProcessor):  # pragma: no cover - guarded by the double-patch check
@@ -584,6 +609,8 @@ class TransformerPatch:
             layout: Layout | str = f"cannot read the forward arguments ({exc})"
         if arguments is not None:
             layout = self.adapter.layout(module, arguments)
+            if not isinstance(layout, str):
+                layout = self.adapter.check_forward(module, arguments, layout)
         t = self.adapter.timestep(module, arguments) if arguments is not None else None
         step = self.tracker.observe(t)
         self.forwards += 1
@@ -600,7 +627,7 @@ class TransformerPatch:
                 dense_reason = "no timestep argument: the denoising step is unknown"
             elif step is not None and step < dense_steps:
                 dense_reason = f"dense step {step} (the first {dense_steps} steps are dense)"
-        self.plan = ForwardPlan(layout, step, dense_reason)
+        self.plan = ForwardPlan(layout, step, dense_reason, dense=dense_reason is not None)
         return None
 
     # ---- reporting -----------------------------------------------------------------------------------------------
@@ -621,7 +648,7 @@ class TransformerPatch:
                      + (f" ({_abbrev(self.other_attention)})" if self.other_attention else ""))  # fmt: skip
         width = max(len(layer.name) for layer in self.layers)
         for layer in self.layers:
-            rule = "(defaults)" if layer.rule is None else repr(layer.rule.match)
+            rule = "(defaults)" if layer.rule is None else f"'{layer.rule.match}'"
             if layer.static_reason is not None:
                 lines.append(f"  {layer.name:<{width}}  dense: {layer.static_reason}")
                 continue
