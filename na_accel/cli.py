@@ -10,6 +10,25 @@ take, an output directory that cannot be written) gives a one-line ``error: ...`
 before anything is written. A failed quality gate (``check``) exits with 1.
 
 torch and diffusers are imported inside the commands, so ``na-accel --help`` answers at once.
+
+Files written (every file is written to a temporary name and moved into place):
+
+* ``generate``: ``<out>/<NNN>_<prompt-slug>__<config>[__tiny-random-weight-model].{mp4,png}`` and a ``.json``
+  sidecar with: file, kind (video|image), model, model_id, model_class, transformer_class, family,
+  random_weights, config, config_source, patch (summary text and per-layer plan, null for dense), prompt,
+  prompt_index, seed (= --seed + prompt index), height, width, frames, fps, steps, generation_kwargs,
+  timings (total_s, step_s, mean_step_s, model_load_s), peak_gpu_mem_bytes (null off CUDA), versions
+  (python, na_accel, torch, diffusers, triton, transformers), device, dtype, created, command.
+* ``ab``: see :mod:`na_accel.ab` (results.json, results.md, speed_vs_quality.png, outputs/, compare/).
+* ``check --json``: model, random_weights, config, config_source, passed, device, versions, created, and
+  reports (``QualityReport.to_dict()``: latent_rel_l2, latent_cosine, psnr_per_frame, psnr_mean,
+  ssim_per_frame, ssim_mean, lpips_*, attention [{name, rel_l2}], calibration_step, thresholds, passed,
+  failures, notes, timings).
+* ``bench``: ``<out>/e2e_<family>_<config>[_tiny]_<time>.json`` with dense_step_s, patched_step_s,
+  speedup_per_sparse_step, dense_steps, projected_dense_s / projected_patched_s / projected_speedup (for
+  --total-steps), token_grid, shapes, peak memory, patch_summary, patch_layers, device, versions.
+
+Infinite values (PSNR of identical frames) are written as the string "inf" so every JSON file is strict JSON.
 """
 
 from __future__ import annotations
