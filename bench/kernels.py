@@ -38,6 +38,7 @@ from na_accel.semantics import make_params  # noqa: E402
 # name: grid, kernel_size, stride, heads, text tokens (text queries included)
 CASES = {
     "hunyuan-gna": ((30, 48, 80), (18, 24, 24), (16, 8, 8), 24, 0),
+    "hunyuan-gna-text": ((30, 48, 80), (18, 24, 24), (16, 8, 8), 24, 256),
     "hunyuan-na": ((30, 48, 80), (18, 24, 24), (1, 1, 1), 24, 0),
     "flux4k-gna": ((256, 256), (80, 80), (16, 16), 24, 0),
     "flux4k-na": ((256, 256), (80, 80), (1, 1), 24, 0),
@@ -46,7 +47,6 @@ CASES = {
     # as the HunyuanVideo cases (~11x), strides tile-aligned in H and W.
     "wan720": ((21, 45, 80), (12, 24, 24), (4, 8, 8), 40, 0),
     "dense-equal": ((30, 48, 80), (-1, -1, -1), (1, 1, 1), 24, 0),
-    "hunyuan-gna-text": ((30, 48, 80), (18, 24, 24), (16, 8, 8), 24, 256),
 }
 HEAD_DIM = 128
 DTYPE = torch.bfloat16
