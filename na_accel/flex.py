@@ -128,8 +128,10 @@ def block_mask_for(params: GNAParams, batch: int, num_text_keys: int, num_text_q
             _BLOCK_MASKS.pop(next(iter(_BLOCK_MASKS)))
         n_pad = math.prod(padded_grid(params))
         mask_mod = make_mask_mod(params, num_text_keys, extra_lengths)
+        # Compiled on CUDA: the eager builder materialises the full query x key mask (~100 GB at 115k tokens).
         _BLOCK_MASKS[key] = create_block_mask(
-            mask_mod, key[1], None, n_pad + num_text_queries, n_pad + num_text_keys, device=device, BLOCK_SIZE=BLOCK
+            mask_mod, key[1], None, n_pad + num_text_queries, n_pad + num_text_keys, device=device, BLOCK_SIZE=BLOCK,
+            _compile=torch.device(device).type == "cuda",
         )
     return _BLOCK_MASKS[key]
 
