@@ -54,6 +54,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import PatchHandle, is_patched, patch, patched, unpatch
-    from .config import NAConfig, list_presets, load_config
-    from .functional import na1d, na2d, na3d, na_flat, na_joint
+    from .api import PatchHandle, is_patched, patch, patched, unpatch  # noqa: F401
+    from .config import NAConfig, list_presets, load_config  # noqa: F401
+    from .functional import na1d, na2d, na3d, na_flat, na_joint  # noqa: F401

@@ -122,7 +122,8 @@ def block_mask_for(params: GNAParams, batch: int, num_text_keys: int, num_text_q
     """The (cached) FlexAttention block mask of a problem."""
     create_block_mask, _ = _flex_api()
     lengths_key = None if extra_lengths is None else tuple(extra_lengths.tolist())
-    key = (params, batch if extra_lengths is not None else 1, num_text_keys, num_text_queries, lengths_key, str(device))
+    mask_batch = batch if extra_lengths is not None else 1
+    key = (params, mask_batch, num_text_keys, num_text_queries, lengths_key, str(device))
     if key not in _BLOCK_MASKS:
         if len(_BLOCK_MASKS) >= 64:
             _BLOCK_MASKS.pop(next(iter(_BLOCK_MASKS)))
@@ -130,7 +131,13 @@ def block_mask_for(params: GNAParams, batch: int, num_text_keys: int, num_text_q
         mask_mod = make_mask_mod(params, num_text_keys, extra_lengths)
         # Compiled on CUDA: the eager builder materialises the full query x key mask (~100 GB at 115k tokens).
         _BLOCK_MASKS[key] = create_block_mask(
-            mask_mod, key[1], None, n_pad + num_text_queries, n_pad + num_text_keys, device=device, BLOCK_SIZE=BLOCK,
+            mask_mod,
+            key[1],
+            None,
+            n_pad + num_text_queries,
+            n_pad + num_text_keys,
+            device=device,
+            BLOCK_SIZE=BLOCK,
             _compile=torch.device(device).type == "cuda",
         )
     return _BLOCK_MASKS[key]

@@ -101,7 +101,9 @@ def _check_qkv(query, key, value, rank: int, layout: str) -> None:
         if t.dim() != rank:
             raise ShapeError(f"{name} must have rank {rank} ({layout}), got shape {tuple(t.shape)}.")
         if not t.is_floating_point():
-            raise ShapeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64), got {t.dtype}.")
+            raise ShapeError(
+                f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64), got {t.dtype}."
+            )
     if not (query.shape == key.shape == value.shape):
         raise ShapeError(
             "query, key and value must have the same shape, got "
@@ -123,13 +125,17 @@ def _check_lengths(lengths, batch: int, num_extra: int, device, name: str) -> No
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
         raise ShapeError(f"{name} must be an integer tensor, got dtype {lengths.dtype}.")
     if tuple(lengths.shape) != (batch,):
-        raise ShapeError(f"{name} must have shape [{batch}] (one length per batch element), got {tuple(lengths.shape)}.")
+        raise ShapeError(
+            f"{name} must have shape [{batch}] (one length per batch element), got {tuple(lengths.shape)}."
+        )
     if lengths.device != device:
         raise ShapeError(f"{name} must be on the device of query ({device}), got {lengths.device}.")
     if not torch.compiler.is_compiling():
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 0 or hi > num_extra:
-            raise ShapeError(f"{name} values must lie in [0, {num_extra}] (the number of extra tokens), got [{lo}, {hi}].")
+            raise ShapeError(
+                f"{name} values must lie in [0, {num_extra}] (the number of extra tokens), got [{lo}, {hi}]."
+            )
 
 
 def _check_extras(query, extra_keys, extra_values, extra_lengths) -> None:
@@ -148,7 +154,8 @@ def _check_extras(query, extra_keys, extra_values, extra_lengths) -> None:
             raise ShapeError(f"{name} must have shape [{b}, S, {h}, {d}] to match query, got {tuple(t.shape)}.")
         if t.dtype != query.dtype or t.device != query.device:
             raise ShapeError(
-                f"{name} must match query's dtype and device ({query.dtype}, {query.device}), got {t.dtype}, {t.device}."
+                f"{name} must match query's dtype and device ({query.dtype}, {query.device}), "
+                f"got {t.dtype}, {t.device}."
             )
     if extra_keys.shape != extra_values.shape:
         raise ShapeError(
