@@ -595,6 +595,13 @@ def gna_forward(problem, config: dict | None = None, text_config: dict | None = 
     ev = p.extra_value if has_extra else q
     elen_arg = elen if has_elen else q
 
+    if config is None and (INTERPRETED or os.environ.get("NA_ACCEL_AUTOTUNE", "1") == "0"):
+        if INTERPRETED:
+            kw, warps, stages = INTERPRETER_CONFIG[ndim]
+        else:  # autotuning off: the first (default) candidate
+            kw, warps, stages = (_WIDE if _wide(head_dim, q.dtype) else _FAST)[ndim][0]
+        config = {"tq": (kw["TQ0"], kw["TQ1"], kw["TQ2"]), "tk": (kw["TK0"], kw["TK1"], kw["TK2"]),
+                  "num_warps": warps, "num_stages": stages}  # fmt: skip
     variant = _variant(config)
     use_tma = variant.pop("TMA", False) and config is not None and _tma_ok(p, dl3, block_d)
     kd = vd = None
@@ -626,13 +633,6 @@ def gna_forward(problem, config: dict | None = None, text_config: dict | None = 
         BLOCK_D=block_d, PAD_D=pad_d, CAST_F32=cast_f32, DOT_PREC=dot_prec, **variant,
     )  # fmt: skip
 
-    if config is None and (INTERPRETED or os.environ.get("NA_ACCEL_AUTOTUNE", "1") == "0"):
-        if INTERPRETED:
-            kw, warps, stages = INTERPRETER_CONFIG[ndim]
-        else:  # autotuning off: the first (default) candidate
-            kw, warps, stages = (_WIDE if _wide(head_dim, q.dtype) else _FAST)[ndim][0]
-        config = {"tq": (kw["TQ0"], kw["TQ1"], kw["TQ2"]), "tk": (kw["TK0"], kw["TK1"], kw["TK2"]),
-                  "num_warps": warps, "num_stages": stages}  # fmt: skip
     if config is not None:
         tq3 = _pad3(config["tq"], 1)
         tk3 = _pad3(config["tk"], 1)

@@ -7,10 +7,10 @@ be ``[B]`` or per-frame ``[B, 1, T, 1, 1]`` (video2world conditioning); its maxi
 
 from __future__ import annotations
 
-from .runtime import Adapter, Layout, video_grid
+from .runtime import VideoSelfAttentionAdapter
 
 
-class CosmosAdapter(Adapter):
+class CosmosAdapter(VideoSelfAttentionAdapter):
     family = "cosmos"
     model_class = "CosmosTransformer3DModel"
     default_preset = "cosmos_fast"
@@ -18,9 +18,3 @@ class CosmosAdapter(Adapter):
     layer_regex = r"transformer_blocks\.\d+\.attn1"
     grid_ndim = 3
     grid_axes = "(T, H, W)"
-
-    def layout(self, model, args):
-        grid = video_grid(args.get("hidden_states"), tuple(int(p) for p in model.config.patch_size))
-        if isinstance(grid, str):
-            return grid
-        return Layout(grid)

@@ -129,6 +129,17 @@ def video_grid(hidden_states, patch: tuple[int, int, int]) -> tuple[int, int, in
     return grid
 
 
+class VideoSelfAttentionAdapter(Adapter):
+    """Models whose planned layers are video-only self-attention over the (T, H, W) grid of a (B, C, F, H, W)
+    latent, patchified with ``config.patch_size`` (Cosmos, Wan)."""
+
+    def layout(self, model, args):
+        grid = video_grid(args.get("hidden_states"), tuple(int(p) for p in model.config.patch_size))
+        if isinstance(grid, str):
+            return grid
+        return Layout(grid)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Step tracking
 # --------------------------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ noise): patching the pipeline patches both, sharing one step counter. Wan 2.2 TI
 
 from __future__ import annotations
 
-from .runtime import Adapter, Layout, video_grid
+from .runtime import VideoSelfAttentionAdapter
 
 
-class WanAdapter(Adapter):
+class WanAdapter(VideoSelfAttentionAdapter):
     family = "wan"
     model_class = "WanTransformer3DModel"
     default_preset = "wan_fast"
@@ -20,9 +20,3 @@ class WanAdapter(Adapter):
     layer_regex = r"blocks\.\d+\.attn1"
     grid_ndim = 3
     grid_axes = "(T, H, W)"
-
-    def layout(self, model, args):
-        grid = video_grid(args.get("hidden_states"), tuple(int(p) for p in model.config.patch_size))
-        if isinstance(grid, str):
-            return grid
-        return Layout(grid)
