@@ -22,6 +22,7 @@ demo: setup
 	$(BIN)/na-accel generate examples/prompts.txt --out outputs/demo
 
 test: setup
+	$(BIN)/ruff check na_accel tests bench examples
 	$(BIN)/python -m pytest -q
 
 lint: setup
