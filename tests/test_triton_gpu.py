@@ -80,7 +80,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("case", list(CASES))
 def test_realistic_shapes(case, dtype):
     if dtype == torch.float32 and case != "hunyuan-gna":

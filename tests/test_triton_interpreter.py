@@ -216,6 +216,30 @@ def test_half_precision(dtype):
     _check(p)
 
 
+@pytest.mark.parametrize(
+    "grid,ks,st,dil,batch,packed,tma",
+    [
+        ((4, 8, 16), (2, 8, 8), (2, 8, 8), 1, 2, True, True),  # GNA, full tiles only; packed QKV folds the batch
+        ((5, 9, 11), (3, 5, 4), (1, 1, 1), 1, 1, False, True),  # NA: full and masked tiles, ragged edges
+        ((16, 32), (8, 16), (8, 8), 1, 2, False, True),  # 2-D, contiguous batch
+        ((6, 9, 10), (2, 4, 4), (1, 1, 1), (1, 2, 1), 1, True, False),  # dilation: pointer path
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_descriptor_path(grid, ks, st, dil, batch, packed, tma, dtype):
+    """16-bit inputs read the full key tiles through 5-D tensor descriptors where the layout allows."""
+    mod = _kernels().kernel_module(True)
+    p = _make_problem(grid, ks, st, dil, batch=batch, packed=packed, dtype=dtype, lse=False)
+    dl3 = (1,) * (3 - len(grid)) + ((dil,) * len(grid) if isinstance(dil, int) else tuple(dil))
+    assert mod._tma_ok(p, dl3, 32) is tma
+    _kernels().gna_forward(p)
+    _check(p)
+    if tma:  # a batch that does not fold into axis 0 (a view of a longer sequence) takes the pointer path
+        q2 = torch.cat([p.query, p.query[:, :3]], 1)[:, : p.query.shape[1]]
+        p2 = Problem(q2, q2, q2, p.params, p.scale, None, None, None, None, p.out, None, None, None)
+        assert mod._tma_ok(p2, dl3, 32) is (batch == 1)
+
+
 @pytest.mark.parametrize("head_dim", [8, 24, 40, 64])
 def test_head_dims(head_dim):
     """Head dims that are not powers of two are padded (masked) to the next one."""

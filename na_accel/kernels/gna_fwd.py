@@ -9,6 +9,8 @@ Kernel design (see DESIGN.md section 3):
 * Per axis the windows of the tile's queries are monotone in the query coordinate, so their union is the contiguous
   range ``[lo(first), hi(last)]`` and their intersection ``[lo(last), hi(first)]``. The program visits the
   ``(TK0, TK1, TK2)`` key tiles covering the union; a key tile inside the intersection on every axis needs no mask.
+* Key tiles fully inside every query's window (the full box F) are visited in a first, unmasked loop; there K and V
+  come through 5-D tensor descriptors (TMA on Hopper) when the layout allows (:func:`_tma_ok`), else by pointers.
 * Extra (text) keys are a second loop with a per-batch valid length. Dense (text) queries go through
   :func:`_text_fwd_kernel`, split over the keys (flash-decoding style) when there are few query tiles.
 
@@ -68,51 +70,15 @@ def _softmax_step(q, k, v, m_i, l_i, acc, qk_scale, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
-def _softmax_scores(qk, v, m_i, l_i, acc, qk_scale, LAZY: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Unmasked online-softmax step from precomputed scores ``qk``. ``LAZY``: rescale only when some row's max grew
-    by more than 8 (log2 domain; otherwise p <= 2^8 relative to the stale max, exact after the final division)."""
-    if LAZY:
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        if tl.max(m_new - m_i, 0) > 8.0:
-            alpha = tl.math.exp2(m_i - m_new)
-            acc = acc * alpha[:, None]
-            l_i = l_i * alpha
-            m_i = m_new
-        p = tl.math.exp2(qk * qk_scale - m_i[:, None])
-        l_i = l_i + tl.sum(p, 1)
-    else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        m_i = m_new
-    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
-    return m_i, l_i, acc
-
-
-@triton.jit
-def _full_tile(ptr, ptrs, desc, j, fa0, fa1, fa2, nf1, nf2, u_lo0, u_lo1, u_lo2, g0, g1, g2, D0, D1, D2, L0, L1, L2,
-               row_stride, b, h, kr0, kr1, kr2, offs_d, stride_d, HEAD_DIM,
-               INCR: tl.constexpr, TMA: tl.constexpr, PAD_D: tl.constexpr, CAST_F32: tl.constexpr,
+def _full_tile(ptr, desc, j0, j1, j2, u_lo0, u_lo1, u_lo2, g0, g1, g2, D0, D1, D2, L0, L1, L2, row_stride, b, h,
+               kr0, kr1, kr2, offs_d, stride_d, HEAD_DIM,
+               TMA: tl.constexpr, PAD_D: tl.constexpr, CAST_F32: tl.constexpr,
                TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
-    """K or V tile ``j`` of the full box F (row-major over F's per-axis ranges), [BLOCK_N, BLOCK_D]."""
-    j2 = fa2 + j % nf2
-    j1 = fa1 + (j // nf2) % nf1
-    j0 = fa0 + j // (nf1 * nf2)
+    """K or V key tile (j0, j1, j2) of the full box F (never outside the group), [BLOCK_N, BLOCK_D]."""
     if TMA:
+        # 5-D descriptor over [B * L0, L1, L2, heads, D] (dilation 1), block [TK0, TK1, TK2, 1, D]
         x = desc.load([b * L0 + u_lo0 + j0 * TK0, u_lo1 + j1 * TK1, u_lo2 + j2 * TK2, h, 0])
         x = x.reshape([TK0 * TK1 * TK2, BLOCK_D])
-        if CAST_F32:
-            x = x.to(tl.float32)
-    elif INCR:
-        # the tile's raster rows are its first token plus loop-invariant offsets (``ptrs``): one scalar per tile
-        t0 = ((g0 + D0 * (u_lo0 + j0 * TK0)) * L1 + g1 + D1 * (u_lo1 + j1 * TK1)) * L2 + g2 + D2 * (u_lo2 + j2 * TK2)
-        tile_ptrs = ptrs + t0.to(tl.int64) * row_stride
-        if PAD_D:
-            x = tl.load(tile_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-        else:
-            x = tl.load(tile_ptrs)
         if CAST_F32:
             x = x.to(tl.float32)
     else:
@@ -178,8 +144,7 @@ def _gna_fwd_kernel(
     BLOCK_D: tl.constexpr, PAD_D: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
     TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr,
     TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr,
-    INCR: tl.constexpr = False, LAZY: tl.constexpr = False, PIPE: tl.constexpr = False, WS: tl.constexpr = False,
-    TMA: tl.constexpr = False,
+    TMA: tl.constexpr,
 ):  # fmt: skip
     BLOCK_M: tl.constexpr = TQ0 * TQ1 * TQ2
     BLOCK_N: tl.constexpr = TK0 * TK1 * TK2
@@ -261,42 +226,16 @@ def _gna_fwd_kernel(
     nf0 = tl.where(f_empty, 0, nf0)
     fa0 = tl.where(f_empty, 0, fa0)
 
-    # 1) full tiles: no mask, no branch
-    n_full = nf0 * nf1 * nf2
-    kf_ptrs = k_base
-    vf_ptrs = v_base
-    if INCR:
-        rel = (((D0 * kr0) * L1 + D1 * kr1) * L2 + D2 * kr2).to(tl.int64)
-        kf_ptrs = k_base + rel[:, None] * skn + offs_d[None, :] * skd
-        vf_ptrs = v_base + rel[:, None] * svn + offs_d[None, :] * svd
-    if PIPE:
-        # scores of the first full tile before the loop (rows clamped: F may be empty); each iteration then issues
-        # the next tile's QK^T before the current tile's softmax
-        k_tok = _key_rows(u_lo0 + fa0 * TK0 + kr0, u_lo1 + fa1 * TK1 + kr1, u_lo2 + fa2 * TK2 + kr2,
-                          g0, g1, g2, lg0, lg1, lg2, D0, D1, D2, L1, L2, True)  # fmt: skip
-        k = _load_rows(k_base, k_tok * skn, offs_d, skd, HEAD_DIM, PAD_D, CAST_F32)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-        for j in tl.range(0, n_full, warp_specialize=WS):
-            jn = tl.minimum(j + 1, n_full - 1)
-            k = _full_tile(k_base, kf_ptrs, KD, jn, fa0, fa1, fa2, nf1, nf2, u_lo0, u_lo1, u_lo2, g0, g1, g2,
-                           D0, D1, D2, L0, L1, L2, skn, b, h, kr0, kr1, kr2, offs_d, skd, HEAD_DIM,
-                           INCR, TMA, PAD_D, CAST_F32, TK0, TK1, TK2, BLOCK_D)  # fmt: skip
-            v = _full_tile(v_base, vf_ptrs, VD, j, fa0, fa1, fa2, nf1, nf2, u_lo0, u_lo1, u_lo2, g0, g1, g2,
-                           D0, D1, D2, L0, L1, L2, svn, b, h, kr0, kr1, kr2, offs_d, svd, HEAD_DIM,
-                           INCR, TMA, PAD_D, CAST_F32, TK0, TK1, TK2, BLOCK_D)  # fmt: skip
-            qk_next = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-            m_i, l_i, acc = _softmax_scores(qk, v, m_i, l_i, acc, qk_scale, LAZY, DOT_PREC)
-            qk = qk_next
-    else:
-        for j in tl.range(0, n_full, warp_specialize=WS):
-            k = _full_tile(k_base, kf_ptrs, KD, j, fa0, fa1, fa2, nf1, nf2, u_lo0, u_lo1, u_lo2, g0, g1, g2,
-                           D0, D1, D2, L0, L1, L2, skn, b, h, kr0, kr1, kr2, offs_d, skd, HEAD_DIM,
-                           INCR, TMA, PAD_D, CAST_F32, TK0, TK1, TK2, BLOCK_D)  # fmt: skip
-            v = _full_tile(v_base, vf_ptrs, VD, j, fa0, fa1, fa2, nf1, nf2, u_lo0, u_lo1, u_lo2, g0, g1, g2,
-                           D0, D1, D2, L0, L1, L2, svn, b, h, kr0, kr1, kr2, offs_d, svd, HEAD_DIM,
-                           INCR, TMA, PAD_D, CAST_F32, TK0, TK1, TK2, BLOCK_D)  # fmt: skip
-            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-            m_i, l_i, acc = _softmax_scores(qk, v, m_i, l_i, acc, qk_scale, LAZY, DOT_PREC)
+    # 1) full tiles: no mask, no branch; K/V through tensor descriptors (TMA) where the layout allows
+    for j in range(0, nf0 * nf1 * nf2):
+        j2 = fa2 + j % nf2
+        j1 = fa1 + (j // nf2) % nf1
+        j0 = fa0 + j // (nf1 * nf2)
+        k = _full_tile(k_base, KD, j0, j1, j2, u_lo0, u_lo1, u_lo2, g0, g1, g2, D0, D1, D2, L0, L1, L2, skn, b, h,
+                       kr0, kr1, kr2, offs_d, skd, HEAD_DIM, TMA, PAD_D, CAST_F32, TK0, TK1, TK2, BLOCK_D)  # fmt: skip
+        v = _full_tile(v_base, VD, j0, j1, j2, u_lo0, u_lo1, u_lo2, g0, g1, g2, D0, D1, D2, L0, L1, L2, svn, b, h,
+                       kr0, kr1, kr2, offs_d, svd, HEAD_DIM, TMA, PAD_D, CAST_F32, TK0, TK1, TK2, BLOCK_D)  # fmt: skip
+        m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, qk_scale, DOT_PREC)
 
     # 2) the other tiles of the union, masked: the complement of F as three regions (outside F on axis 0; inside on
     #    axis 0, outside on axis 1; inside on axes 0 and 1, outside on axis 2). skip(x, a, n) = x < a ? x : x + n.
@@ -490,12 +429,21 @@ _AUTOTUNE_KEYS = [
 _TUNED: dict = {}
 
 
+def _descriptor_blocks(nargs) -> None:
+    """Autotune pre-hook: K/V descriptor block shapes follow the candidate's key tile."""
+    for name in ("KD", "VD"):
+        desc = nargs.get(name)
+        if desc is not None:
+            desc.block_shape = [nargs["TK0"], nargs["TK1"], nargs["TK2"], 1, desc.shape[-1]]
+
+
 def _tuned_kernel(ndim: int, wide: bool):
     """The autotuned launcher for one (number of axes, tile family); built on first use."""
     key = (ndim, wide)
     if key not in _TUNED:
         table = _WIDE if wide else _FAST
-        configs = [triton.Config(dict(kw), num_warps=w, num_stages=s) for kw, w, s in table[ndim]]
+        hook = None if wide else _descriptor_blocks  # the wide family never uses descriptors
+        configs = [triton.Config(dict(kw), num_warps=w, num_stages=s, pre_hook=hook) for kw, w, s in table[ndim]]
         _TUNED[key] = triton.autotune(configs=configs, key=_AUTOTUNE_KEYS)(_gna_fwd_kernel)
     return _TUNED[key]
 
@@ -531,26 +479,11 @@ def _num_q_tiles(grid3, dil3, tq3) -> int:
     return total
 
 
-_VARIANT_FLAGS = ("INCR", "LAZY", "PIPE", "WS", "TMA")
-
-
-def _variant(config) -> dict:
-    """Inner-loop variant flags (sweep only): ``config["variant"]`` or ``NA_ACCEL_KVARIANT`` (comma list)."""
-    names = (config or {}).get("variant")
-    if names is None:
-        names = os.environ.get("NA_ACCEL_KVARIANT", "")
-    if isinstance(names, str):
-        names = [x.strip().upper() for x in names.split(",") if x.strip() and x.strip() != "base"]
-    names = [x.upper() for x in names]
-    bad = [x for x in names if x not in _VARIANT_FLAGS]
-    if bad:
-        raise ValueError(f"unknown kernel variant flags {bad}")
-    return {x: True for x in names}
-
-
 def _tma_ok(p, dl3, block_d) -> bool:
-    """Tensor descriptors for the full-tile loop: dilation 1, batch foldable into axis 0, 16-byte aligned."""
-    if INTERPRETED or p.key.dtype not in (torch.float16, torch.bfloat16) or block_d != p.key.shape[-1]:
+    """Whether the full-tile loop can read K/V through 5-D tensor descriptors over [B * L0, L1, L2, heads, D]:
+    16-bit, head dim a power of two, dilation 1, batch foldable into axis 0 (or batch 1), 16-byte aligned.
+    Measured on H200 (bench/NOTES.md v4): 6% faster on flux4k-gna, 1-5% on the 3-D GNA cases."""
+    if p.key.dtype not in (torch.float16, torch.bfloat16) or block_d != p.key.shape[-1]:
         return False
     if any(d != 1 for d in dl3):
         return False
@@ -602,21 +535,21 @@ def gna_forward(problem, config: dict | None = None, text_config: dict | None = 
             kw, warps, stages = (_WIDE if _wide(head_dim, q.dtype) else _FAST)[ndim][0]
         config = {"tq": (kw["TQ0"], kw["TQ1"], kw["TQ2"]), "tk": (kw["TK0"], kw["TK1"], kw["TK2"]),
                   "num_warps": warps, "num_stages": stages}  # fmt: skip
-    variant = _variant(config)
-    use_tma = variant.pop("TMA", False) and config is not None and _tma_ok(p, dl3, block_d)
     kd = vd = None
+    use_tma = not _wide(head_dim, q.dtype) and _tma_ok(p, dl3, block_d)
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
-        tk3 = _pad3(config["tk"], 1)
+        # block shape [tk0, tk1, tk2, 1, D]: from the fixed config here, set per candidate by the autotuner's pre-hook
+        kw0 = _FAST[ndim][0][0]
+        tk3 = _pad3(config["tk"], 1) if config is not None else (kw0["TK0"], kw0["TK1"], kw0["TK2"])
         descs = []
         for t in (p.key, p.value):
-            sb, sn, sh, _ = t.stride()
+            _, sn, sh, _ = t.stride()
             shape = [batch * grid3[0], grid3[1], grid3[2], heads, head_dim]
             strides = [grid3[1] * grid3[2] * sn, grid3[2] * sn, sn, sh, 1]
             descs.append(TensorDescriptor(t, shape, strides, [tk3[0], tk3[1], tk3[2], 1, block_d]))
         kd, vd = descs
-    variant["TMA"] = use_tma
 
     args = (
         q, p.key, p.value, p.out, lse, ek, ev, elen_arg, kd, vd,
@@ -630,7 +563,7 @@ def gna_forward(problem, config: dict | None = None, text_config: dict | None = 
     consts = dict(
         CAUSAL0=causal3[0], CAUSAL1=causal3[1], CAUSAL2=causal3[2],
         HAS_EXTRA=has_extra, HAS_ELEN=has_elen, WRITE_LSE=write_lse,
-        BLOCK_D=block_d, PAD_D=pad_d, CAST_F32=cast_f32, DOT_PREC=dot_prec, **variant,
+        BLOCK_D=block_d, PAD_D=pad_d, CAST_F32=cast_f32, DOT_PREC=dot_prec, TMA=use_tma,
     )  # fmt: skip
 
     if config is not None:
