@@ -295,7 +295,7 @@ def run_ab(
 
 
 def _plain(obj: Any) -> Any:
-    """A config's ``measured`` section as plain JSON data (pydantic models, dataclasses, dicts)."""
+    """A config's ``measured`` section as plain JSON data (dataclasses, dicts)."""
     if obj is None:
         return None
     if hasattr(obj, "model_dump"):
