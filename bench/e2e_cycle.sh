@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One GPU call for the end-to-end numbers of issue 6: real-size transformers (random weights, bf16), dense vs preset,
+# per denoising step, plus the patch layer's own overhead (all-dense config). JSON records go to $OUT.
+# Needs diffusers on the GPU image: carry .wheels (pip download --no-deps -d .wheels diffusers==0.42.1 ...).
+# Env: CASES="hunyuan wan cosmos flux4k overhead" picks cases; STEPS (timed calls per variant, default 2).
+# One call may run 10 minutes at most: hunyuan alone takes ~4 min (31 s dense steps), so split CASES over calls.
+set -o pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/na_out}
+mkdir -p "$OUT"
+for w in .wheels/*.whl; do
+  [ -e "$w" ] || continue
+  name=$(basename "$w" | cut -d- -f1 | tr 'A-Z' 'a-z')
+  mod=$([ "$name" = pyyaml ] && echo yaml || echo "$name")
+  python3 -c "import $mod" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target /tmp/site "$w"
+done
+export PYTHONPATH=/tmp/site:.
+nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.txt"
+bench() { timeout "${CASE_TIMEOUT:-280}" python3 -m na_accel.cli bench --out "$OUT" --steps "${STEPS:-2}" "$@"; }
+for case in ${CASES:-hunyuan wan cosmos flux4k overhead}; do
+  echo "=== $case"
+  case $case in
+    hunyuan) bench --family hunyuan --config hunyuan_fast ;;
+    wan) bench --family wan --config wan_fast ;;
+    cosmos) bench --family cosmos --config cosmos_fast ;;
+    flux4k) bench --family flux --config flux_fast --height 4096 --width 4096 ;;
+    overhead) bench --family wan --config examples/configs/all_dense.yaml ;;
+    *) echo "unknown case $case" ;;
+  esac
+done 2>&1 | tee "$OUT/e2e.log"
