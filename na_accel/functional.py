@@ -168,7 +168,9 @@ def _check_extras(query, extra_keys, extra_values, extra_lengths) -> None:
 
 def _check_backend(backend) -> None:
     if not isinstance(backend, str):
-        raise ShapeError(f"backend must be a string ('auto', 'triton', 'flex' or 'reference'), got {backend!r}.")
+        raise ShapeError(
+            f"backend must be a string ('auto', 'sdpa', 'triton', 'flex' or 'reference'), got {backend!r}."
+        )
 
 
 def _scale(scale: float | None, head_dim: int) -> float:
@@ -299,7 +301,7 @@ _ND_DOC = """{n}-D neighborhood attention (GNA) on ``[B, {axes}, heads, D]`` ten
         scale: softmax scale, default ``D ** -0.5``.
         extra_keys, extra_values: ``[B, S, heads, D]`` keys/values every query attends to.
         extra_lengths: int ``[B]``; only the first ``extra_lengths[b]`` extra keys are valid in batch ``b``.
-        backend: ``"auto"``, ``"triton"``, ``"flex"`` or ``"reference"``.
+        backend: ``"auto"``, ``"sdpa"`` (dense problems only), ``"triton"``, ``"flex"`` or ``"reference"``.
         return_lse: also return the fp32 natural-log logsumexp ``[B, {axes}, heads]``.
     """
 

@@ -141,7 +141,7 @@ def _v1(**kw):
         (_v1(defaults={"is_causal": "yes"}), ["defaults.is_causal: expected true or false"]),
         (_v1(defaults={"dense_steps": -1}), ["defaults.dense_steps: expected an int >= 0"]),
         (_v1(defaults={"on_oversize": "clip"}), ["defaults.on_oversize", "'clamp', 'raise'", "Did you mean 'clamp'?"]),
-        (_v1(defaults={"backend": "cuda"}), ["defaults.backend", "'auto', 'triton', 'flex', 'reference'"]),
+        (_v1(defaults={"backend": "cuda"}), ["defaults.backend", "'auto', 'sdpa', 'triton', 'flex', 'reference'"]),
         (_v1(defaults=[1]), ["defaults: expected a mapping"]),
         (_v1(layers={"match": "x"}), ["layers: expected a list of rules"]),
         (_v1(layers=[{"dense": True}]), ["layers[0].match: missing required key"]),
@@ -194,3 +194,15 @@ def test_layer_rule_kinds():
     assert LayerRule("_default").kind == "default"
     assert LayerRule("re:a.*").kind == "regex" and LayerRule("re:a.*").matches("abc")
     assert LayerRule("a.b").kind == "exact" and not LayerRule("a.b").matches("aXb")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(str(p.relative_to(REPO)) for d in ("examples/configs", "bench/configs") for p in (REPO / d).glob("*.yaml")),
+)
+def test_shipped_example_and_bench_configs_load(path):
+    cfg = load_config(str(REPO / path))
+    assert cfg.description and cfg.measured

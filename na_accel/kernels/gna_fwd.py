@@ -127,6 +127,28 @@ def _key_rows(kk0, kk1, kk2, g0, g1, g2, lg0, lg1, lg2, D0, D1, D2, L1, L2, CLAM
 
 
 @triton.jit
+def _extra_keys(q, m_i, l_i, acc, EK, EV, ELEN, b, b64, h64, sekb, sekt, sekh, sekd, sevb, sevt, sevh, sevd,
+                T_EXTRA, HEAD_DIM, qk_scale, offs_m, offs_n, offs_d,
+                HAS_ELEN: tl.constexpr, PAD_D: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+                BLOCK_N: tl.constexpr):  # fmt: skip
+    """Online-softmax steps over the extra (text) keys of batch ``b``: the first ``ELEN[b]`` (or all) are valid."""
+    if HAS_ELEN:
+        n_valid = tl.load(ELEN + b).to(tl.int32)
+    else:
+        n_valid = T_EXTRA
+    ek_base = EK + b64 * sekb + h64 * sekh
+    ev_base = EV + b64 * sevb + h64 * sevh
+    for t0 in range(0, n_valid, BLOCK_N):
+        t = t0 + offs_n
+        t_rows = tl.minimum(t, T_EXTRA - 1).to(tl.int64)
+        k = _load_rows(ek_base, t_rows * sekt, offs_d, sekd, HEAD_DIM, PAD_D, CAST_F32)
+        v = _load_rows(ev_base, t_rows * sevt, offs_d, sevd, HEAD_DIM, PAD_D, CAST_F32)
+        mask = (t < n_valid)[None, :] & (offs_m >= 0)[:, None]
+        m_i, l_i, acc = _masked_softmax_step(q, k, v, mask, m_i, l_i, acc, qk_scale, DOT_PREC)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _gna_fwd_kernel(
     Q, K, V, Out, LSE, EK, EV, ELEN, KD, VD,
     sqb, sqn, sqh, sqd,
@@ -266,19 +288,10 @@ def _gna_fwd_kernel(
         m_i, l_i, acc = _masked_softmax_step(q, k, v, mask, m_i, l_i, acc, qk_scale, DOT_PREC)
 
     if HAS_EXTRA:
-        if HAS_ELEN:
-            n_valid = tl.load(ELEN + b).to(tl.int32)
-        else:
-            n_valid = T_EXTRA
-        ek_base = EK + b64 * sekb + h64 * sekh
-        ev_base = EV + b64 * sevb + h64 * sevh
-        for t0 in range(0, n_valid, BLOCK_N):
-            t = t0 + offs_n
-            t_rows = tl.minimum(t, T_EXTRA - 1).to(tl.int64)
-            k = _load_rows(ek_base, t_rows * sekt, offs_d, sekd, HEAD_DIM, PAD_D, CAST_F32)
-            v = _load_rows(ev_base, t_rows * sevt, offs_d, sevd, HEAD_DIM, PAD_D, CAST_F32)
-            mask = (t < n_valid)[None, :] & (offs_m >= 0)[:, None]
-            m_i, l_i, acc = _masked_softmax_step(q, k, v, mask, m_i, l_i, acc, qk_scale, DOT_PREC)
+        m_i, l_i, acc = _extra_keys(q, m_i, l_i, acc, EK, EV, ELEN, b, b64, h64,
+                                    sekb, sekt, sekh, sekd, sevb, sevt, sevh, sevd, T_EXTRA,
+                                    HEAD_DIM, qk_scale, offs_m, offs_n, offs_d,
+                                    HAS_ELEN, PAD_D, CAST_F32, DOT_PREC, BLOCK_N)  # fmt: skip
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -346,19 +359,10 @@ def _text_fwd_kernel(
 
     if HAS_EXTRA:
         if split == num_splits - 1:
-            if HAS_ELEN:
-                n_valid = tl.load(ELEN + b).to(tl.int32)
-            else:
-                n_valid = T_EXTRA
-            ek_base = EK + b64 * sekb + h64 * sekh
-            ev_base = EV + b64 * sevb + h64 * sevh
-            for t0 in range(0, n_valid, BLOCK_N):
-                t = t0 + offs_n
-                t_rows = tl.minimum(t, T_EXTRA - 1).to(tl.int64)
-                k = _load_rows(ek_base, t_rows * sekt, offs_d, sekd, HEAD_DIM, PAD_D, CAST_F32)
-                v = _load_rows(ev_base, t_rows * sevt, offs_d, sevd, HEAD_DIM, PAD_D, CAST_F32)
-                mask = (t < n_valid)[None, :] & (offs_m >= 0)[:, None]
-                m_i, l_i, acc = _masked_softmax_step(q, k, v, mask, m_i, l_i, acc, qk_scale, DOT_PREC)
+            m_i, l_i, acc = _extra_keys(q, m_i, l_i, acc, EK, EV, ELEN, b, b64, h64,
+                                        sekb, sekt, sekh, sekd, sevb, sevt, sevh, sevd, T_EXTRA,
+                                        HEAD_DIM, qk_scale, offs_m, offs_n, offs_d,
+                                        HAS_ELEN, PAD_D, CAST_F32, DOT_PREC, BLOCK_N)  # fmt: skip
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]

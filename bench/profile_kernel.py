@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Launch one kernel of the hunyuan-gna anchor twice (for ``ncu --launch-skip 1 --launch-count 1``).
+
+    ncu --clock-control none -k regex:_gna_fwd_kernel --launch-skip 1 --launch-count 1 \\
+        --section SpeedOfLight --section WarpStateStats python3 bench/profile_kernel.py ours
+    ncu ... -k regex:'sdpa|fmha|flash|cudnn' ... python3 bench/profile_kernel.py cudnn
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("NA_ACCEL_AUTOTUNE", "0")
+
+import na_accel  # noqa: E402
+
+GRID, KS, ST, HEADS, D = (30, 48, 80), (18, 24, 24), (16, 8, 8), 24, 128
+
+
+def main(which: str) -> None:
+    n = GRID[0] * GRID[1] * GRID[2]
+    x = [torch.randn(1, n, HEADS, D, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    if which == "ours":
+        for _ in range(2):
+            na_accel.na_flat(*x, GRID, KS, ST, backend="triton")
+    else:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        xd = [t.transpose(1, 2).contiguous() for t in x]
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            for _ in range(2):
+                torch.nn.functional.scaled_dot_product_attention(*xd)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "ours")
