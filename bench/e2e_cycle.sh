@@ -9,13 +9,7 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/na_out}
 mkdir -p "$OUT"
-for w in .wheels/*.whl; do
-  [ -e "$w" ] || continue
-  name=$(basename "$w" | cut -d- -f1 | tr 'A-Z' 'a-z')
-  mod=$([ "$name" = pyyaml ] && echo yaml || echo "$name")
-  python3 -c "import $mod" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target /tmp/site "$w"
-done
-export PYTHONPATH=/tmp/site:.
+source bench/gpu_env.sh
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.txt"
 bench() { timeout "${CASE_TIMEOUT:-280}" python3 -m na_accel.cli bench --out "$OUT" --steps "${STEPS:-2}" "$@"; }
 for case in ${CASES:-hunyuan wan cosmos flux4k overhead}; do

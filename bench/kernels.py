@@ -136,6 +136,21 @@ def run_case(name: str, args) -> dict:
     rec["ms"] = _bench(ours, args.quick)
     rec["tflops"] = flops / rec["ms"] * 1e-9
     rec["config"] = _best_config(params.ndim)
+    from na_accel.backends import _BACKENDS
+
+    rec["path"] = getattr(_BACKENDS.get("triton"), "last_path", None)
+    if rec["path"] == "gluon":
+        # the same call with the Gluon kernel turned off: the Triton kernel alone, side by side
+        os.environ["NA_ACCEL_GLUON"] = "0"
+        try:
+            out_t = ours()
+            rec["triton_kernel_ms"] = _bench(ours, args.quick)
+            rec["rel_diff_gluon_vs_triton"] = float((out.float() - out_t.float()).norm() / out_t.float().norm())
+        finally:
+            os.environ.pop("NA_ACCEL_GLUON", None)
+        rec["config"] = "gluon ws; triton " + (_best_config(params.ndim) or "-")
+        print(f"[{name}] triton kernel alone {rec['triton_kernel_ms']:.3f} ms, rel diff gluon vs triton "
+              f"{rec['rel_diff_gluon_vs_triton']:.2e}", flush=True)  # fmt: skip
     print(f"[{name}] ours {rec['ms']:.3f} ms ({rec['tflops']:.0f} TFLOP/s eff), first call {rec['first_call_s']} s, "
           f"config {rec['config']}", flush=True)  # fmt: skip
 
@@ -254,6 +269,11 @@ def _markdown(records: list, meta: dict) -> str:
             f"{f(r.get('tflops'), '.0f')} | {r.get('config') or '-'} |"
         )
     for r in records:
+        if r.get("triton_kernel_ms"):
+            lines.append(
+                f"\n{r['case']}: Gluon kernel {r['ms']:.2f} ms, Triton kernel alone {r['triton_kernel_ms']:.2f} ms "
+                f"({r['triton_kernel_ms'] / r['ms']:.2f}x), rel. diff {r['rel_diff_gluon_vs_triton']:.1e}."
+            )
         if r.get("auto_ms"):
             lines.append(
                 f"\n{r['case']} through `auto` (routed to SDPA, cuDNN first): {r['auto_ms']:.2f} ms, "

@@ -293,3 +293,31 @@ def test_unavailable_reasons(monkeypatch):
     with pytest.raises(na_accel.BackendUnavailableError):
         na_accel.na2d(torch.randn(1, 4, 5, 1, 16), torch.randn(1, 4, 5, 1, 16), torch.randn(1, 4, 5, 1, 16), 3,
                       backend="triton")  # fmt: skip
+
+
+def test_text_queries_only():
+    """grid_queries=False runs only the dense text queries (the Gluon kernel does the grid queries on Hopper)."""
+    p = _make_problem((3, 4, 5), (3, 3, 3), (2, 2, 2), batch=2, heads=1, num_extra=7,
+                      extra_lengths=torch.tensor([7, 2]), num_text_queries=5)  # fmt: skip
+    _kernels().gna_forward(p, grid_queries=False)
+    assert torch.isnan(p.out).all() and torch.isnan(p.lse).all(), "grid queries must be left alone"
+    p.out.zero_()
+    p.lse.zero_()
+    ref = gna_reference(p.query, p.key, p.value, p.params, p.scale, p.extra_key, p.extra_value, p.extra_lengths,
+                        p.text_query)  # fmt: skip
+    torch.testing.assert_close(p.text_out, ref[2], atol=2e-5, rtol=0)
+    torch.testing.assert_close(p.text_lse, ref[3], atol=1e-4, rtol=1e-5)
+
+
+def test_gluon_path_reasons(monkeypatch):
+    """The Gluon kernel (Hopper, CUDA) never takes CPU problems; NA_ACCEL_GLUON=0 turns it off."""
+    from na_accel.kernels.backend import gluon_reason
+
+    p = _make_problem((4, 5), 3)
+    assert "CUDA" in gluon_reason(p)
+    monkeypatch.setenv("NA_ACCEL_GLUON", "0")
+    assert "NA_ACCEL_GLUON=0" in gluon_reason(p)
+    backend = _kernels().TritonBackend()
+    backend.forward(p)
+    assert backend.last_path == "triton"
+    _check(p)

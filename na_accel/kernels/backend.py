@@ -12,6 +12,7 @@ Triton in interpreter mode does not make the backend take CPU tensors elsewhere 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import threading
@@ -21,6 +22,7 @@ import torch
 
 from ..backends import Backend, Problem
 
+logger = logging.getLogger("na_accel")
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 _MODULES: dict = {}
@@ -68,9 +70,29 @@ def kernel_module(interpret: bool):
     return _MODULES[interpret]
 
 
-def gna_forward(problem: Problem, config: dict | None = None, text_config: dict | None = None) -> None:
+def gna_forward(
+    problem: Problem, config: dict | None = None, text_config: dict | None = None, grid_queries: bool = True
+) -> None:
     """Run the Triton GNA forward on ``problem`` (interpreted when Triton was imported so); see ``gna_fwd``."""
-    kernel_module(triton_interpreted()).gna_forward(problem, config=config, text_config=text_config)
+    kernel_module(triton_interpreted()).gna_forward(
+        problem, config=config, text_config=text_config, grid_queries=grid_queries
+    )
+
+
+def gluon_reason(problem: Problem) -> str | None:
+    """Why the warp-specialised Gluon kernel (Hopper) does not take ``problem``'s grid queries, or None if it does.
+
+    ``NA_ACCEL_GLUON=0`` (read at every call) turns it off; the Triton kernel then runs everything.
+    """
+    if os.environ.get("NA_ACCEL_GLUON", "1") == "0":
+        return "turned off by NA_ACCEL_GLUON=0"
+    if not problem.query.is_cuda:
+        return "it needs CUDA tensors"
+    try:
+        from . import gna_gluon
+    except Exception as exc:  # pragma: no cover - depends on the Triton install
+        return f"the Gluon kernel does not import here ({type(exc).__name__}: {exc})"
+    return gna_gluon.unsupported_reason(problem)
 
 
 class TritonBackend(Backend):
@@ -96,10 +118,24 @@ class TritonBackend(Backend):
             return "all tensors must be on one device"
         return None
 
+    #: which kernel ran the grid queries of the last call: "gluon" or "triton" (diagnostics, benchmarks)
+    last_path: str | None = None
+
     def forward(self, problem: Problem) -> None:
         q = problem.query
-        if q.is_cuda:
-            with torch.cuda.device(q.device):
-                gna_forward(problem)
-        else:
+        if not q.is_cuda:
+            self.last_path = "triton"
             gna_forward(problem)
+            return
+        with torch.cuda.device(q.device):
+            reason = gluon_reason(problem)
+            if reason is None:
+                from .gna_gluon import gna_forward_gluon
+
+                self.last_path = "gluon"
+                gna_forward_gluon(problem)
+                gna_forward(problem, grid_queries=False)  # dense text queries, if any
+            else:
+                logger.debug("na_accel triton: Gluon kernel not used: %s", reason)
+                self.last_path = "triton"
+                gna_forward(problem)

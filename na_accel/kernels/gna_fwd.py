@@ -500,12 +500,15 @@ def _tma_ok(p, dl3, block_d) -> bool:
     return True
 
 
-def gna_forward(problem, config: dict | None = None, text_config: dict | None = None) -> None:
+def gna_forward(
+    problem, config: dict | None = None, text_config: dict | None = None, grid_queries: bool = True
+) -> None:
     """Run the fused GNA forward for a :class:`na_accel.backends.Problem`, writing its outputs in place.
 
     ``config``: ``{"tq": (..), "tk": (..), "num_warps": w, "num_stages": s}`` fixes the launch (tiles per grid axis,
     1 to 3 entries); by default the compiled kernel autotunes and the interpreter uses :data:`INTERPRETER_CONFIG`.
     ``text_config``: ``{"block_m", "block_n", "num_splits", "num_warps", "num_stages"}`` for the dense text path.
+    ``grid_queries=False`` runs only the dense text queries (another kernel did the grid queries).
     """
     p = problem
     q = p.query
@@ -532,6 +535,10 @@ def gna_forward(problem, config: dict | None = None, text_config: dict | None = 
     ev = p.extra_value if has_extra else q
     elen_arg = elen if has_elen else q
 
+    if not grid_queries:
+        if p.text_query is not None and p.text_query.shape[1] > 0:
+            _text_forward(p, block_d, pad_d, cast_f32, dot_prec, qk_scale, has_extra, t_extra, has_elen, text_config)
+        return
     if config is None and (INTERPRETED or os.environ.get("NA_ACCEL_AUTOTUNE", "1") == "0"):
         if INTERPRETED:
             kw, warps, stages = INTERPRETER_CONFIG[ndim]
