@@ -1,5 +1,8 @@
 """Triton kernels. They know tensors and a token grid, nothing about models (no diffusers import here).
 
+``gna_fwd``: the Triton kernels (every GPU, and the interpreter); ``gna_gluon``: a warp-specialised Gluon kernel
+for the grid queries on Hopper, used by the ``triton`` backend where :func:`backend.gluon_reason` allows.
+
 Importing this package registers the ``triton`` backend (raises ImportError when Triton is not installed, which
 :func:`na_accel.backends._ensure_registered` treats as "backend not available").
 """
