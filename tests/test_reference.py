@@ -31,6 +31,14 @@ def _lengths_tensor(p: bf.RandomProblem):
     return torch.tensor(p.extra_lengths, dtype=dtype)
 
 
+def _na_flat(p: bf.RandomProblem, q, k, v, ek, ev, **kw):
+    """``na_flat`` (reference backend) on a random problem's inputs."""
+    return na_accel.na_flat(
+        q, k, v, p.grid, p.kernel_size, p.stride, p.dilation, p.is_causal, scale=p.scale, extra_keys=ek,
+        extra_values=ev, extra_lengths=_lengths_tensor(p), backend="reference", **kw,
+    )  # fmt: skip
+
+
 def _expected(p: bf.RandomProblem, q, k, v, ek, ev):
     t = 0 if p.num_extra is None else p.num_extra
     mask = bf.full_mask(p.mask(), p.batch, t, p.extra_lengths, text_queries=False)
@@ -107,17 +115,11 @@ def test_nd_vs_bruteforce(seed):
 def test_na_flat_vs_bruteforce(seed):
     p = bf.random_problem(seed)
     q, k, v, ek, ev = bf.make_inputs(p)
-    out, lse = na_accel.na_flat(
-        q, k, v, p.grid, p.kernel_size, p.stride, p.dilation, p.is_causal, scale=p.scale, extra_keys=ek,
-        extra_values=ev, extra_lengths=_lengths_tensor(p), backend="reference", return_lse=True,
-    )  # fmt: skip
+    out, lse = _na_flat(p, q, k, v, ek, ev, return_lse=True)
     ref_out, ref_lse = _expected(p, q, k, v, ek, ev)
     _check(out, lse, ref_out, ref_lse, p.dtype, q.shape)
     # the non-lse form returns the same output
-    out2 = na_accel.na_flat(
-        q, k, v, p.grid, p.kernel_size, p.stride, p.dilation, p.is_causal, scale=p.scale, extra_keys=ek,
-        extra_values=ev, extra_lengths=_lengths_tensor(p), backend="reference",
-    )  # fmt: skip
+    out2 = _na_flat(p, q, k, v, ek, ev)
     assert torch.equal(out, out2)
 
 
@@ -143,10 +145,7 @@ def test_half_precision_inputs(seed, dtype):
     """fp16/bf16 inputs: computed in fp32, returned in the input dtype (checked against fp64 on the rounded inputs)."""
     p = bf.random_problem(seed, extras=True)
     q, k, v, ek, ev = (None if t is None else t.to(dtype) for t in bf.make_inputs(p))
-    out, lse = na_accel.na_flat(
-        q, k, v, p.grid, p.kernel_size, p.stride, p.dilation, p.is_causal, scale=p.scale, extra_keys=ek,
-        extra_values=ev, extra_lengths=_lengths_tensor(p), backend="reference", return_lse=True,
-    )  # fmt: skip
+    out, lse = _na_flat(p, q, k, v, ek, ev, return_lse=True)
     assert out.dtype == dtype and lse.dtype == torch.float32
     ref_out, ref_lse = _expected(p, q, k, v, ek, ev)
     tol = 1e-2 if dtype == torch.float16 else 3e-2
@@ -232,10 +231,7 @@ def test_tiny_chunk_bytes(monkeypatch):
     monkeypatch.setattr(reference, "_CHUNK_BYTES", 1)
     p = bf.random_problem(5, ndim=2, extras=True)
     q, k, v, ek, ev = bf.make_inputs(p)
-    out, lse = na_accel.na_flat(
-        q, k, v, p.grid, p.kernel_size, p.stride, p.dilation, p.is_causal, scale=p.scale, extra_keys=ek,
-        extra_values=ev, extra_lengths=_lengths_tensor(p), backend="reference", return_lse=True,
-    )  # fmt: skip
+    out, lse = _na_flat(p, q, k, v, ek, ev, return_lse=True)
     ref_out, ref_lse = _expected(p, q, k, v, ek, ev)
     _check(out, lse, ref_out, ref_lse, p.dtype, q.shape)
 

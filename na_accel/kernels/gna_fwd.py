@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from na_accel.kernels.layout import folded_5d, pad3, tma_reason
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 _LOG2E = 1.4426950408889634
@@ -63,10 +65,17 @@ def _softmax_step(q, k, v, m_i, l_i, acc, qk_scale, DOT_PREC: tl.constexpr):
     qk = qk * qk_scale - m_ij[:, None]
     p = tl.math.exp2(qk)
     alpha = tl.math.exp2(m_i - m_ij)
+    l_i, acc = _accumulate(p, alpha, v, l_i, acc, DOT_PREC)
+    return m_ij, l_i, acc
+
+
+@triton.jit
+def _accumulate(p, alpha, v, l_i, acc, DOT_PREC: tl.constexpr):
+    """Online-softmax update: rescale the running sum and output rows by ``alpha``, add ``p`` and ``p @ v``."""
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
-    return m_ij, l_i, acc
+    return l_i, acc
 
 
 @triton.jit
@@ -96,9 +105,7 @@ def _masked_softmax_step(q, k, v, mask, m_i, l_i, acc, qk_scale, DOT_PREC: tl.co
     m_ij = tl.maximum(m_i, tl.max(qk, 1))  # m_i starts finite, so a fully masked row stays finite
     p = tl.math.exp2(qk - m_ij[:, None])
     alpha = tl.math.exp2(m_i - m_ij)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+    l_i, acc = _accumulate(p, alpha, v, l_i, acc, DOT_PREC)
     return m_ij, l_i, acc
 
 
@@ -462,11 +469,6 @@ def _bucket(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _pad3(values, fill):
-    values = tuple(values)
-    return (fill,) * (3 - len(values)) + values
-
-
 def _dot_prec(dtype: torch.dtype) -> str:
     # fp32 inputs get true fp32 dots (the correct path, not the fast one); 16-bit dots ignore the setting.
     return "ieee" if dtype == torch.float32 or INTERPRETED else "tf32"
@@ -491,13 +493,7 @@ def _tma_ok(p, dl3, block_d) -> bool:
         return False
     if any(d != 1 for d in dl3):
         return False
-    for t in (p.key, p.value):
-        sb, sn, sh, sd = t.stride()
-        if sd != 1 or t.data_ptr() % 16 or any((x * t.element_size()) % 16 for x in (sn, sh)):
-            return False
-        if t.shape[0] > 1 and sb != t.shape[1] * sn:
-            return False
-    return True
+    return all(tma_reason(name, t, fold=True) is None for name, t in (("key", p.key), ("value", p.value)))
 
 
 def gna_forward(
@@ -515,11 +511,11 @@ def gna_forward(
     batch, n, heads, head_dim = q.shape
     params = p.params
     ndim = params.ndim
-    grid3 = _pad3(params.grid, 1)
-    ks3 = _pad3(params.kernel_size, 1)
-    st3 = _pad3(params.stride, 1)
-    dl3 = _pad3(params.dilation, 1)
-    causal3 = _pad3(params.is_causal, False)
+    grid3 = pad3(params.grid, 1)
+    ks3 = pad3(params.kernel_size, 1)
+    st3 = pad3(params.stride, 1)
+    dl3 = pad3(params.dilation, 1)
+    causal3 = pad3(params.is_causal, False)
     block_d = max(16, triton.next_power_of_2(head_dim))
     pad_d = block_d != head_dim
     cast_f32 = INTERPRETED and q.dtype == torch.bfloat16
@@ -553,12 +549,10 @@ def gna_forward(
 
         # block shape [tk0, tk1, tk2, 1, D]: from the fixed config here, set per candidate by the autotuner's pre-hook
         kw0 = _FAST[ndim][0][0]
-        tk3 = _pad3(config["tk"], 1) if config is not None else (kw0["TK0"], kw0["TK1"], kw0["TK2"])
+        tk3 = pad3(config["tk"], 1) if config is not None else (kw0["TK0"], kw0["TK1"], kw0["TK2"])
         descs = []
         for t in (p.key, p.value):
-            _, sn, sh, _ = t.stride()
-            shape = [batch * grid3[0], grid3[1], grid3[2], heads, head_dim]
-            strides = [grid3[1] * grid3[2] * sn, grid3[2] * sn, sn, sh, 1]
+            shape, strides = folded_5d(t, grid3)
             descs.append(TensorDescriptor(t, shape, strides, [tk3[0], tk3[1], tk3[2], 1, block_d]))
         kd, vd = descs
 
@@ -578,8 +572,8 @@ def gna_forward(
     )  # fmt: skip
 
     if config is not None:
-        tq3 = _pad3(config["tq"], 1)
-        tk3 = _pad3(config["tk"], 1)
+        tq3 = pad3(config["tq"], 1)
+        tk3 = pad3(config["tk"], 1)
         launch = (_num_q_tiles(grid3, dl3, tq3), batch * heads)
         _gna_fwd_kernel[launch](
             *args, **consts,

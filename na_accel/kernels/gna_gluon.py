@@ -26,9 +26,11 @@ Text queries are not handled here (the Triton text kernel runs them).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
+
+from .backend import interpret_mode
+from .layout import folded_5d, pad3, tma_reason
 
 _LOG2E = 1.4426950408889634
 _M = 64  # query rows per consumer warpgroup
@@ -73,22 +75,21 @@ if _IMPORT_ERROR is None:
             return center - left, center + right
 
         @gluon.jit
-        def _softmax_step(s, m_i, l_i, qk_scale):
-            s = s * qk_scale
-            m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        def _softmax_rows(s, m_i, l_i):
+            """Online-softmax step on scaled (log2-domain) scores ``s``: probabilities, rescale, new max and sum."""
+            m_new = gl.maximum(m_i, gl.max(s, axis=1))  # m_i starts finite: a fully masked row stays finite
             alpha = gl.exp2(m_i - m_new)
             p = gl.exp2(s - gl.expand_dims(m_new, 1))
             l_new = l_i * alpha + gl.sum(p, axis=1)
             return p, alpha, m_new, l_new
 
         @gluon.jit
+        def _softmax_step(s, m_i, l_i, qk_scale):
+            return _softmax_rows(s * qk_scale, m_i, l_i)
+
+        @gluon.jit
         def _masked_softmax_step(s, mask, m_i, l_i, qk_scale):
-            s = gl.where(mask, s * qk_scale, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, axis=1))  # m_i starts finite: a fully masked row stays finite
-            alpha = gl.exp2(m_i - m_new)
-            p = gl.exp2(s - gl.expand_dims(m_new, 1))
-            l_new = l_i * alpha + gl.sum(p, axis=1)
-            return p, alpha, m_new, l_new
+            return _softmax_rows(gl.where(mask, s * qk_scale, float("-inf")), m_i, l_i)
 
         @gluon.jit
         def _grid_mask(j0, j1, j2, u_lo0, u_lo1, u_lo2, r, f0, f1, f2, L0, L1, L2, K0, K1, K2, S0, S1, S2, cols,
@@ -266,15 +267,50 @@ if _IMPORT_ERROR is None:
                       TQ0, TQ1, TQ2, TK0, TK1, TK2, HAS_EXTRA, PIPE)  # fmt: skip
 
         @gluon.jit
+        def _load_kv_tile(desc, e_desc, bufs, st, bar, j, b, h, kv_row0, u_lo1, u_lo2, c1, c2, n_grid,
+                          TK0: gl.constexpr, TK1: gl.constexpr, TK2: gl.constexpr,
+                          HAS_EXTRA: gl.constexpr):  # fmt: skip
+            """TMA of key or value tile ``j`` into ring stage ``st``: union tiles (raster order), then extra tiles."""
+            BN: gl.constexpr = bufs.shape[1]
+            dtype: gl.constexpr = bufs.dtype
+            kv_shape: gl.constexpr = desc.block_type.shape
+            if HAS_EXTRA:
+                if j < n_grid:
+                    j2 = j % c2
+                    j1 = (j // c2) % c1
+                    j0 = j // (c1 * c2)
+                    tma.async_copy_global_to_shared(
+                        desc,
+                        [kv_row0 + j0 * TK0, u_lo1 + j1 * TK1, u_lo2 + j2 * TK2, h, 0],
+                        bar,
+                        bufs.index(st)._reinterpret(dtype, kv_shape, desc.layout),
+                    )
+                else:
+                    tma.async_copy_global_to_shared(
+                        e_desc,
+                        [b, (j - n_grid) * BN, h, 0],
+                        bar,
+                        bufs.index(st)._reinterpret(dtype, e_desc.block_type.shape, e_desc.layout),
+                    )
+            else:
+                j2 = j % c2
+                j1 = (j // c2) % c1
+                j0 = j // (c1 * c2)
+                tma.async_copy_global_to_shared(
+                    desc,
+                    [kv_row0 + j0 * TK0, u_lo1 + j1 * TK1, u_lo2 + j2 * TK2, h, 0],
+                    bar,
+                    bufs.index(st)._reinterpret(dtype, kv_shape, desc.layout),
+                )
+
+        @gluon.jit
         def _producer(q_desc, k_desc, v_desc, ek_desc, ev_desc, q_bufs, k_bufs, v_bufs, q_bar, k_ready, v_ready,
                       k_empty, v_empty, b, h, row0, f1, f2, kv_row0, u_lo1, u_lo2, c1, c2, n_grid, n_tiles,
                       QOFF0: gl.constexpr, QOFF1: gl.constexpr, QOFF2: gl.constexpr,
                       TK0: gl.constexpr, TK1: gl.constexpr, TK2: gl.constexpr, HAS_EXTRA: gl.constexpr):  # fmt: skip
             NUM_STAGES: gl.constexpr = k_bufs.shape[0]
-            BN: gl.constexpr = k_bufs.shape[1]
             dtype: gl.constexpr = k_bufs.dtype
             q_shape: gl.constexpr = q_desc.block_type.shape
-            kv_shape: gl.constexpr = k_desc.block_type.shape
             tile_bytes: gl.constexpr = k_desc.block_type.nbytes
 
             # Q: two half tiles (one per consumer warpgroup), rows [0, 64) and [64, 128) of the query tile
@@ -295,64 +331,12 @@ if _IMPORT_ERROR is None:
                 vb = v_ready.index(st)
                 mbarrier.wait(k_empty.index(st), ph ^ 1)
                 mbarrier.expect(kb, tile_bytes)
-                if HAS_EXTRA:
-                    if j < n_grid:
-                        j2 = j % c2
-                        j1 = (j // c2) % c1
-                        j0 = j // (c1 * c2)
-                        tma.async_copy_global_to_shared(
-                            k_desc,
-                            [kv_row0 + j0 * TK0, u_lo1 + j1 * TK1, u_lo2 + j2 * TK2, h, 0],
-                            kb,
-                            k_bufs.index(st)._reinterpret(dtype, kv_shape, k_desc.layout),
-                        )
-                    else:
-                        tma.async_copy_global_to_shared(
-                            ek_desc,
-                            [b, (j - n_grid) * BN, h, 0],
-                            kb,
-                            k_bufs.index(st)._reinterpret(dtype, ek_desc.block_type.shape, ek_desc.layout),
-                        )
-                else:
-                    j2 = j % c2
-                    j1 = (j // c2) % c1
-                    j0 = j // (c1 * c2)
-                    tma.async_copy_global_to_shared(
-                        k_desc,
-                        [kv_row0 + j0 * TK0, u_lo1 + j1 * TK1, u_lo2 + j2 * TK2, h, 0],
-                        kb,
-                        k_bufs.index(st)._reinterpret(dtype, kv_shape, k_desc.layout),
-                    )
+                _load_kv_tile(k_desc, ek_desc, k_bufs, st, kb, j, b, h, kv_row0, u_lo1, u_lo2, c1, c2, n_grid,
+                              TK0, TK1, TK2, HAS_EXTRA)  # fmt: skip
                 mbarrier.wait(v_empty.index(st), ph ^ 1)
                 mbarrier.expect(vb, tile_bytes)
-                if HAS_EXTRA:
-                    if j < n_grid:
-                        j2 = j % c2
-                        j1 = (j // c2) % c1
-                        j0 = j // (c1 * c2)
-                        tma.async_copy_global_to_shared(
-                            v_desc,
-                            [kv_row0 + j0 * TK0, u_lo1 + j1 * TK1, u_lo2 + j2 * TK2, h, 0],
-                            vb,
-                            v_bufs.index(st)._reinterpret(dtype, kv_shape, v_desc.layout),
-                        )
-                    else:
-                        tma.async_copy_global_to_shared(
-                            ev_desc,
-                            [b, (j - n_grid) * BN, h, 0],
-                            vb,
-                            v_bufs.index(st)._reinterpret(dtype, ev_desc.block_type.shape, ev_desc.layout),
-                        )
-                else:
-                    j2 = j % c2
-                    j1 = (j // c2) % c1
-                    j0 = j // (c1 * c2)
-                    tma.async_copy_global_to_shared(
-                        v_desc,
-                        [kv_row0 + j0 * TK0, u_lo1 + j1 * TK1, u_lo2 + j2 * TK2, h, 0],
-                        vb,
-                        v_bufs.index(st)._reinterpret(dtype, kv_shape, v_desc.layout),
-                    )
+                _load_kv_tile(v_desc, ev_desc, v_bufs, st, vb, j, b, h, kv_row0, u_lo1, u_lo2, c1, c2, n_grid,
+                              TK0, TK1, TK2, HAS_EXTRA)  # fmt: skip
 
         @gluon.jit
         def _gna_gluon_kernel(q_desc, k_desc, v_desc, ek_desc, ev_desc, out_ptr, elen_ptr, sob, son, soh,
@@ -490,36 +474,11 @@ if _IMPORT_ERROR is None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _pad3(values, fill):
-    values = tuple(values)
-    return (fill,) * (3 - len(values)) + values
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
-
-
-def _tma_reason(name: str, t: torch.Tensor, fold: bool) -> str | None:
-    """Why ``t`` ([B, tokens, heads, D]) cannot be read through this module's TMA descriptors, or None."""
-    es = t.element_size()
-    sb, sn, sh, sd = t.stride()
-    if sd != 1:
-        return f"{name} has a non-contiguous last dim (stride {sd})"
-    if t.data_ptr() % 16:
-        return f"{name}'s data pointer is not 16-byte aligned"
-    strides = (sn, sh) if fold else (sb, sn, sh)
-    if any((x * es) % 16 for x in strides):
-        return f"{name}'s strides {tuple(t.stride())} are not 16-byte multiples"
-    if fold and t.shape[0] > 1 and sb != t.shape[1] * sn:
-        return f"{name}'s batch cannot be folded into the token axis (batch stride {sb} != N * token stride)"
-    return None
-
-
 def unsupported_reason(problem) -> str | None:
     """Why :func:`gna_forward_gluon` cannot run ``problem`` here, or None if it can (grid queries only)."""
     if _IMPORT_ERROR is not None:
         return f"Gluon's Hopper API is not importable ({_IMPORT_ERROR})"
-    if _interpreting():
+    if interpret_mode():
         return "TRITON_INTERPRET is set (Gluon kernels do not run in the interpreter)"
     p = problem
     q, k, v = p.query, p.key, p.value
@@ -547,12 +506,12 @@ def unsupported_reason(problem) -> str | None:
     if p.lse is not None:
         return "it does not return the log-sum-exp"
     for name, t in (("query", q), ("key", k), ("value", v)):
-        reason = _tma_reason(name, t, fold=True)
+        reason = tma_reason(name, t, fold=True)
         if reason is not None:
             return reason
     if has_extra:
         for name, t in (("extra_key", p.extra_key), ("extra_value", p.extra_value)):
-            reason = _tma_reason(name, t, fold=False)
+            reason = tma_reason(name, t, fold=False)
             if reason is not None:
                 return reason
     if p.out.stride(-1) != 1:
@@ -562,10 +521,7 @@ def unsupported_reason(problem) -> str | None:
 
 def _descriptor(t: torch.Tensor, grid3, block):
     """5-D descriptor over ``t`` [B, N, heads, D] viewed as [B * L0, L1, L2, heads, D] (batch folded into axis 0)."""
-    batch, _, heads, head_dim = t.shape
-    _, sn, sh, _ = t.stride()
-    shape = [batch * grid3[0], grid3[1], grid3[2], heads, head_dim]
-    strides = [grid3[1] * grid3[2] * sn, grid3[2] * sn, sn, sh, 1]
+    shape, strides = folded_5d(t, grid3)
     layout = gl.NVMMASharedLayout.get_default_for(list(block), _GL_DTYPES[t.dtype])
     return TensorDescriptor(t, shape, strides, list(block), layout)
 
@@ -591,9 +547,9 @@ def gna_forward_gluon(problem, *, pipe: bool = True, num_stages: int = _NUM_STAG
     batch, n, heads, head_dim = q.shape
     params = p.params
     ndim = params.ndim
-    grid3 = _pad3(params.grid, 1)
-    ks3 = _pad3(params.kernel_size, 1)
-    st3 = _pad3(params.stride, 1)
+    grid3 = pad3(params.grid, 1)
+    ks3 = pad3(params.kernel_size, 1)
+    st3 = pad3(params.stride, 1)
     tq, tk = CONFIGS[ndim]
     if tq[0] % 2 == 0:
         hq, qoff = (tq[0] // 2, tq[1], tq[2]), (tq[0] // 2, 0, 0)
