@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One GPU call: kernel benchmark cases ($CASES, tag $TAG), then GPU test files ($TESTS_FILES). Results under $OUT.
-# Session 2's final runs (bench/NOTES.md v7), with carry [".wheels"] for the patch-layer tests:
+# One GPU call: GPU test files ($TESTS_FILES), then kernel benchmark cases ($CASES, tag $TAG, extra arguments
+# $BENCH_ARGS, e.g. --text-sweep). Results under $OUT.
+# Session 2's final runs (bench/NOTES.md v7; it ran the benchmark before the tests then), with carry [".wheels"]
+# for the patch-layer tests:
 #   CASES=hunyuan-gna,hunyuan-gna-text,hunyuan-na,flux4k-gna,flux4k-na TAG=s2c \
 #     TESTS_FILES="tests/test_triton_gpu.py tests/test_patch_gpu.py" bash bench/final_cycle.sh
 #   CASES=hunyuan-gna,hunyuan-gna-text,hunyuan720-gna,wan720,dense-equal TAG=s2d \
@@ -11,9 +13,9 @@ export PYTHONUNBUFFERED=1 TRITON_PRINT_AUTOTUNING=1
 OUT=${OUT:-/tmp/na_out}; mkdir -p "$OUT"
 source bench/gpu_env.sh
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.txt"
-if [ -n "${CASES:-}" ]; then
-  timeout "${BENCH_TIMEOUT:-300}" python3 bench/kernels.py --out "$OUT" --cases "$CASES" --tag "$TAG" 2>&1 | tee "$OUT/bench.log"
-fi
 if [ -n "${TESTS_FILES:-}" ]; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu $TESTS_FILES -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -30
+fi
+if [ -n "${CASES:-}" ]; then
+  timeout "${BENCH_TIMEOUT:-300}" python3 bench/kernels.py --out "$OUT" --cases "$CASES" --tag "$TAG" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
 fi

@@ -163,6 +163,8 @@ def run_case(name: str, args) -> dict:
 
     if args.sweep:
         rec["sweep"] = _sweep(name, params, x, n_text, args)
+    if args.text_sweep and n_text:
+        rec["text_sweep"] = _text_sweep(name, params, x, n_text)
 
     # ---- FlexAttention (kernel only, tiled order, same mask) ----
     rec["flex_ms"] = None
@@ -245,6 +247,35 @@ def _sweep(name, params, x, n_text, args) -> list:
     return res
 
 
+# (block_m, block_n, num_warps, num_stages) of the dense text-query kernel; splits follow from the block sizes
+TEXT_CONFIGS = [(64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3)]
+
+
+def _text_sweep(name, params, x, n_text) -> list:
+    """Time the text-query path alone (Triton text kernel + split combine) for each of TEXT_CONFIGS."""
+    from na_accel.backends import Problem
+    from na_accel.kernels import gna_forward
+
+    n = params.num_tokens
+    q, k, v = (y[:, :n] for y in x)
+    tq, ek, ev = (y[:, n:] for y in x)
+    p = Problem(q, k, v, params, HEAD_DIM**-0.5, ek, ev, None, tq, torch.empty_like(q), None, torch.empty_like(tq),
+                None)  # fmt: skip
+    res = []
+    for bm, bn, warps, stages in [(None,) * 4, *TEXT_CONFIGS]:
+        cfg = None if bm is None else {"block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages}
+        label = "default" if cfg is None else f"bm{bm} bn{bn} w{warps} s{stages}"
+        try:
+            gna_forward(p, text_config=cfg, grid_queries=False)
+            ms = _bench(lambda cfg=cfg: gna_forward(p, text_config=cfg, grid_queries=False), True)
+        except Exception as exc:
+            print(f"[{name}] text {label}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            continue
+        print(f"[{name}] text {label}: {ms:.3f} ms", flush=True)
+        res.append({"config": label, "ms": ms})
+    return res
+
+
 def _markdown(records: list, meta: dict) -> str:
     lines = [
         f"# Kernel benchmark: {meta['gpu']} ({meta['gpu_name']}), torch {meta['torch']}, triton {meta['triton']}, "
@@ -274,10 +305,13 @@ def _markdown(records: list, meta: dict) -> str:
                 f"\n{r['case']}: Gluon kernel {r['ms']:.2f} ms, Triton kernel alone {r['triton_kernel_ms']:.2f} ms "
                 f"({r['triton_kernel_ms'] / r['ms']:.2f}x), rel. diff {r['rel_diff_gluon_vs_triton']:.1e}."
             )
+        if r.get("text_sweep"):
+            cells = ", ".join(f"{s['config']} {s['ms']:.3f}" for s in r["text_sweep"])
+            lines.append(f"\n{r['case']}: text-query path alone, ms: {cells}.")
         if r.get("auto_ms"):
             lines.append(
                 f"\n{r['case']} through `auto` (routed to SDPA, cuDNN first): {r['auto_ms']:.2f} ms, "
-                f"{f(r.get('auto_speedup_vs_cudnn'), '.2f')}x cuDNN; the row above is the Triton kernel."
+                f"{f(r.get('auto_speedup_vs_cudnn'), '.2f')}x cuDNN; the row above is our kernel (backend='triton')."
             )
     return "\n".join(lines) + "\n"
 
@@ -287,6 +321,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case names: " + ", ".join(CASES))
     ap.add_argument("--quick", action="store_true", help="shorter timing (do_bench warmup 10 ms, rep 40 ms)")
     ap.add_argument("--sweep", action="store_true", help="also time every fixed candidate config of our kernel")
+    ap.add_argument("--text-sweep", action="store_true", help="time the text-query path alone per config")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     ap.add_argument("--no-cudnn", action="store_true", help="skip cuDNN SDPA")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
