@@ -118,7 +118,7 @@ if _IMPORT_ERROR is None:
                           TK0: gl.constexpr, TK1: gl.constexpr, TK2: gl.constexpr,
                           HAS_EXTRA: gl.constexpr, ALL_FULL: gl.constexpr):  # fmt: skip
             """Online-softmax step for key tile ``j`` (union tiles in raster order, then extra-key tiles);
-            ``ALL_FULL``: every key tile of this work item is known to need no mask."""
+            ``ALL_FULL``: no key tile of this query tile needs a mask."""
             if ALL_FULL:
                 return _softmax_step(s, m_i, l_i, qk_scale)
             BN: gl.constexpr = s.shape[1]
@@ -175,13 +175,12 @@ if _IMPORT_ERROR is None:
                                                    TQ1, TQ2, TK0, TK1, TK2, HAS_EXTRA, ALL_FULL)  # fmt: skip
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 for j in range(1, n_tiles):
-                    g = j
-                    st = g % NUM_STAGES
-                    stp = (g - 1) % NUM_STAGES
-                    mbarrier.wait(k_ready.index(st), (g // NUM_STAGES) & 1)
+                    st = j % NUM_STAGES
+                    stp = (j - 1) % NUM_STAGES
+                    mbarrier.wait(k_ready.index(st), (j // NUM_STAGES) & 1)
                     s = warpgroup_mma(q_smem, k_bufs.index(st).permute((1, 0)), s_zero, use_acc=False,
                                       is_async=True)  # fmt: skip
-                    mbarrier.wait(v_ready.index(stp), ((g - 1) // NUM_STAGES) & 1)
+                    mbarrier.wait(v_ready.index(stp), ((j - 1) // NUM_STAGES) & 1)
                     acc = warpgroup_mma(p_op, v_bufs.index(stp), acc, is_async=True)
                     s = warpgroup_mma_wait(1, deps=(s,))
                     mbarrier.arrive(k_empty.index(st), count=1)
@@ -194,17 +193,16 @@ if _IMPORT_ERROR is None:
                     mbarrier.arrive(v_empty.index(stp), count=1)
                     acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_layout), 1)
                     p_op = gl.convert_layout(p_lo, p_layout)
-                g = n_tiles - 1
-                stp = g % NUM_STAGES
-                mbarrier.wait(v_ready.index(stp), (g // NUM_STAGES) & 1)
+                last = n_tiles - 1
+                stp = last % NUM_STAGES
+                mbarrier.wait(v_ready.index(stp), (last // NUM_STAGES) & 1)
                 acc = warpgroup_mma(p_op, v_bufs.index(stp), acc, is_async=True)
                 acc = warpgroup_mma_wait(0, deps=(acc,))
                 mbarrier.arrive(v_empty.index(stp), count=1)
             else:
                 for j in range(n_tiles):
-                    g = j
-                    st = g % NUM_STAGES
-                    ph = (g // NUM_STAGES) & 1
+                    st = j % NUM_STAGES
+                    ph = (j // NUM_STAGES) & 1
                     mbarrier.wait(k_ready.index(st), ph)
                     s = warpgroup_mma(q_smem, k_bufs.index(st).permute((1, 0)), s_zero, use_acc=False,
                                       is_async=True)  # fmt: skip
