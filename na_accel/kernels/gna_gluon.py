@@ -19,7 +19,7 @@ One CTA owns one query tile ``(TQ0, TQ1, TQ2)`` (128 rows) of one (batch, head),
   the same order and test per tile (scalar, uniform) whether it lies in F (no mask) or not (masked). A query tile
   whose key tiles all lie in F (GNA with a shared window: hunyuan-gna, flux4k-gna, dense) and whose extra tiles are
   all valid runs a second copy of the loop with no mask logic at all (``ALL_FULL``), which keeps the tile math out
-  of its registers (no spills in that loop; +4-8% over one loop with a per-tile test, bench/NOTES.md v8).
+  of its registers (no spills in that loop; 3-8% faster than one loop with a per-tile test, bench/NOTES.md v8).
 * fully masked rows stay finite (``m_i`` starts at -1e30); outputs ``acc / l`` are stored from registers with a
   per-row mask (invalid query rows of ragged tiles are computed but never stored).
 
