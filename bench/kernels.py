@@ -231,18 +231,26 @@ def _sweep(name, params, x, n_text, args) -> list:
     q, k, v = (y[:, :n] for y in x)
     out = torch.empty_like(q)
     p = Problem(q, k, v, params, HEAD_DIM**-0.5, None, None, None, None, out, None, None, None)
-    res = []
+    variants = []
     for kw, warps, stages in mod._FAST[params.ndim]:
         cfg = {"tq": (kw["TQ0"], kw["TQ1"], kw["TQ2"]), "tk": (kw["TK0"], kw["TK1"], kw["TK2"]),
                "num_warps": warps, "num_stages": stages}  # fmt: skip
         label = f"tq={'x'.join(map(str, cfg['tq']))} tk={'x'.join(map(str, cfg['tk']))} w{warps} s{stages}"
+        variants.append((label, functools.partial(gna_forward, p, config=cfg)))
+    return _time_variants(f"[{name}] sweep", variants)
+
+
+def _time_variants(prefix: str, variants) -> list:
+    """Run and time each ``(label, fn)``; a variant that fails (compile error, shared memory) is reported, skipped."""
+    res = []
+    for label, fn in variants:
         try:
-            gna_forward(p, config=cfg)
-            ms = _bench(lambda cfg=cfg: gna_forward(p, config=cfg), True)
+            fn()
+            ms = _bench(fn, True)
         except Exception as exc:
-            print(f"[{name}] sweep {label}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            print(f"{prefix} {label}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
             continue
-        print(f"[{name}] sweep {label}: {ms:.3f} ms", flush=True)
+        print(f"{prefix} {label}: {ms:.3f} ms", flush=True)
         res.append({"config": label, "ms": ms})
     return res
 
@@ -261,19 +269,12 @@ def _text_sweep(name, params, x, n_text) -> list:
     tq, ek, ev = (y[:, n:] for y in x)
     p = Problem(q, k, v, params, HEAD_DIM**-0.5, ek, ev, None, tq, torch.empty_like(q), None, torch.empty_like(tq),
                 None)  # fmt: skip
-    res = []
-    for bm, bn, warps, stages in [(None,) * 4, *TEXT_CONFIGS]:
-        cfg = None if bm is None else {"block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages}
-        label = "default" if cfg is None else f"bm{bm} bn{bn} w{warps} s{stages}"
-        try:
-            gna_forward(p, text_config=cfg, grid_queries=False)
-            ms = _bench(lambda cfg=cfg: gna_forward(p, text_config=cfg, grid_queries=False), True)
-        except Exception as exc:
-            print(f"[{name}] text {label}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-            continue
-        print(f"[{name}] text {label}: {ms:.3f} ms", flush=True)
-        res.append({"config": label, "ms": ms})
-    return res
+    variants = [("default", functools.partial(gna_forward, p, grid_queries=False))]
+    for bm, bn, warps, stages in TEXT_CONFIGS:
+        cfg = {"block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages}
+        variants.append((f"bm{bm} bn{bn} w{warps} s{stages}", functools.partial(gna_forward, p, text_config=cfg,
+                                                                                  grid_queries=False)))  # fmt: skip
+    return _time_variants(f"[{name}] text", variants)
 
 
 def _markdown(records: list, meta: dict) -> str:

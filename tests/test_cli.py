@@ -162,28 +162,17 @@ def test_generate_default_preset(tmp_path, one_prompt):
     assert len(mp4_frames(video)) == FRAMES
 
 
-def test_generate_image_model_png(tmp_path, one_prompt, sparse_cfg):
-    out = tmp_path / "out"
-    r = invoke(
-        "generate",
-        one_prompt,
-        "--model",
-        "tiny:flux",
-        "--dense",
-        "--height",
-        64,
-        "--width",
-        80,
-        "--steps",
-        2,
-        "--out",
-        out,
-        "-q",
-    )
+def _generate_png(one_prompt, out, *args, height: int, width: int) -> dict:
+    """``na-accel generate`` of one image (2 steps) into ``out``: checks the PNG's size, returns its JSON sidecar."""
+    r = invoke("generate", one_prompt, *args, "--height", height, "--width", width, "--steps", 2, "--out", out, "-q")
     assert r.exit_code == 0, r.output
     (png,) = out.glob("*.png")
-    assert imageio.imread(png).shape == (64, 80, 3)
-    meta = json.loads(png.with_suffix(".json").read_text())
+    assert imageio.imread(png).shape == (height, width, 3)
+    return json.loads(png.with_suffix(".json").read_text())
+
+
+def test_generate_image_model_png(tmp_path, one_prompt, sparse_cfg):
+    meta = _generate_png(one_prompt, tmp_path / "out", "--model", "tiny:flux", "--dense", height=64, width=80)
     assert meta["kind"] == "image" and meta["frames"] == 1 and meta["fps"] is None and meta["family"] == "flux"
 
 
@@ -192,28 +181,9 @@ def test_generate_from_saved_pipeline_dir(tmp_path, one_prompt):
 
     model_dir = tmp_path / "tiny_flux"
     tiny_pipeline("flux").save_pretrained(model_dir)
-    out = tmp_path / "out"
-    r = invoke(
-        "generate",
-        one_prompt,
-        "--model",
-        model_dir,
-        "--config",
-        "flux_fast",
-        "--height",
-        64,
-        "--width",
-        64,
-        "--steps",
-        2,
-        "--out",
-        out,
-        "-q",
+    meta = _generate_png(
+        one_prompt, tmp_path / "out", "--model", model_dir, "--config", "flux_fast", height=64, width=64
     )
-    assert r.exit_code == 0, r.output
-    (png,) = out.glob("*.png")
-    assert imageio.imread(png).shape == (64, 64, 3)
-    meta = json.loads(png.with_suffix(".json").read_text())
     assert meta["model_id"] == str(model_dir) and meta["config"] == "flux_fast"
     assert meta["random_weights"] is True  # the tiny marker survives save/load
 

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from na_accel.kernels.layout import folded_5d, pad3, tma_reason
+from na_accel.kernels.layout import folded_5d, pad3, params3, tma_reason
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
@@ -134,6 +134,18 @@ def _key_rows(kk0, kk1, kk2, g0, g1, g2, lg0, lg1, lg2, D0, D1, D2, L1, L2, CLAM
 
 
 @triton.jit
+def _row_range_step(q, m_i, l_i, acc, k_base, v_base, n, n_end, n_last, skn, skd, svn, svd, HEAD_DIM, qk_scale,
+                    offs_m, offs_d, PAD_D: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):  # fmt: skip
+    """Masked online-softmax step over the key rows ``n`` ([BLOCK_N] indices) of one sequence: rows ``>= n_end``
+    do not count (they are loaded clamped to ``n_last``)."""
+    rows = tl.minimum(n, n_last).to(tl.int64)
+    k = _load_rows(k_base, rows * skn, offs_d, skd, HEAD_DIM, PAD_D, CAST_F32)
+    v = _load_rows(v_base, rows * svn, offs_d, svd, HEAD_DIM, PAD_D, CAST_F32)
+    mask = (n < n_end)[None, :] & (offs_m >= 0)[:, None]
+    return _masked_softmax_step(q, k, v, mask, m_i, l_i, acc, qk_scale, DOT_PREC)
+
+
+@triton.jit
 def _extra_keys(q, m_i, l_i, acc, EK, EV, ELEN, b, b64, h64, sekb, sekt, sekh, sekd, sevb, sevt, sevh, sevd,
                 T_EXTRA, HEAD_DIM, qk_scale, offs_m, offs_n, offs_d,
                 HAS_ELEN: tl.constexpr, PAD_D: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -146,12 +158,9 @@ def _extra_keys(q, m_i, l_i, acc, EK, EV, ELEN, b, b64, h64, sekb, sekt, sekh, s
     ek_base = EK + b64 * sekb + h64 * sekh
     ev_base = EV + b64 * sevb + h64 * sevh
     for t0 in range(0, n_valid, BLOCK_N):
-        t = t0 + offs_n
-        t_rows = tl.minimum(t, T_EXTRA - 1).to(tl.int64)
-        k = _load_rows(ek_base, t_rows * sekt, offs_d, sekd, HEAD_DIM, PAD_D, CAST_F32)
-        v = _load_rows(ev_base, t_rows * sevt, offs_d, sevd, HEAD_DIM, PAD_D, CAST_F32)
-        mask = (t < n_valid)[None, :] & (offs_m >= 0)[:, None]
-        m_i, l_i, acc = _masked_softmax_step(q, k, v, mask, m_i, l_i, acc, qk_scale, DOT_PREC)
+        m_i, l_i, acc = _row_range_step(q, m_i, l_i, acc, ek_base, ev_base, t0 + offs_n, n_valid, T_EXTRA - 1,
+                                        sekt, sekd, sevt, sevd, HEAD_DIM, qk_scale, offs_m, offs_d,
+                                        PAD_D, CAST_F32, DOT_PREC)  # fmt: skip
     return m_i, l_i, acc
 
 
@@ -357,12 +366,9 @@ def _text_fwd_kernel(
         v = _load_rows(v_base, rows * svn, offs_d, svd, HEAD_DIM, PAD_D, CAST_F32)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, qk_scale, DOT_PREC)
     if full_end < end:
-        n = full_end + offs_n
-        rows = tl.minimum(n, N - 1).to(tl.int64)
-        k = _load_rows(k_base, rows * skn, offs_d, skd, HEAD_DIM, PAD_D, CAST_F32)
-        v = _load_rows(v_base, rows * svn, offs_d, svd, HEAD_DIM, PAD_D, CAST_F32)
-        mask = (n < end)[None, :] & (offs_m >= 0)[:, None]
-        m_i, l_i, acc = _masked_softmax_step(q, k, v, mask, m_i, l_i, acc, qk_scale, DOT_PREC)
+        m_i, l_i, acc = _row_range_step(q, m_i, l_i, acc, k_base, v_base, full_end + offs_n, end, N - 1,
+                                        skn, skd, svn, svd, HEAD_DIM, qk_scale, offs_m, offs_d,
+                                        PAD_D, CAST_F32, DOT_PREC)  # fmt: skip
 
     if HAS_EXTRA:
         if split == num_splits - 1:
@@ -546,11 +552,7 @@ def gna_forward(
     batch, n, heads, head_dim = q.shape
     params = p.params
     ndim = params.ndim
-    grid3 = pad3(params.grid, 1)
-    ks3 = pad3(params.kernel_size, 1)
-    st3 = pad3(params.stride, 1)
-    dl3 = pad3(params.dilation, 1)
-    causal3 = pad3(params.is_causal, False)
+    grid3, ks3, st3, dl3, causal3 = params3(params)
     block_d = max(16, triton.next_power_of_2(head_dim))
     pad_d = block_d != head_dim
     cast_f32 = INTERPRETED and q.dtype == torch.bfloat16

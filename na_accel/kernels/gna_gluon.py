@@ -33,7 +33,7 @@ import math
 import torch
 
 from .backend import interpret_mode
-from .layout import folded_5d, pad3, tma_reason
+from .layout import folded_5d, params3, tma_reason
 
 _LOG2E = 1.4426950408889634
 _M = 64  # query rows per consumer warpgroup
@@ -163,16 +163,16 @@ if _IMPORT_ERROR is None:
             o_layout: gl.constexpr = acc.type.layout
             p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
             orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+            tile = (row_base, f0, f1, f2, L0, L1, L2, K0, K1, K2, S0, S1, S2, u_lo0, u_lo1, u_lo2,
+                    fa0, fa1, fa2, nf0, nf1, nf2, c1, c2, n_grid, n_valid,
+                    TQ1, TQ2, TK0, TK1, TK2, HAS_EXTRA, ALL_FULL)  # fmt: skip
 
             if PIPE:
                 mbarrier.wait(k_ready.index(0), 0)
                 s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 s = warpgroup_mma_wait(0, deps=(s,))
                 mbarrier.arrive(k_empty.index(0), count=1)
-                p, alpha, m_i, l_i = _tile_softmax(s, 0, m_i, l_i, qk_scale, row_base, f0, f1, f2,
-                                                   L0, L1, L2, K0, K1, K2, S0, S1, S2, u_lo0, u_lo1, u_lo2,
-                                                   fa0, fa1, fa2, nf0, nf1, nf2, c1, c2, n_grid, n_valid,
-                                                   TQ1, TQ2, TK0, TK1, TK2, HAS_EXTRA, ALL_FULL)  # fmt: skip
+                p, alpha, m_i, l_i = _tile_softmax(s, 0, m_i, l_i, qk_scale, *tile)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 for j in range(1, n_tiles):
                     st = j % NUM_STAGES
@@ -184,10 +184,7 @@ if _IMPORT_ERROR is None:
                     acc = warpgroup_mma(p_op, v_bufs.index(stp), acc, is_async=True)
                     s = warpgroup_mma_wait(1, deps=(s,))
                     mbarrier.arrive(k_empty.index(st), count=1)
-                    p, alpha, m_i, l_i = _tile_softmax(s, j, m_i, l_i, qk_scale, row_base, f0, f1, f2,
-                                                       L0, L1, L2, K0, K1, K2, S0, S1, S2, u_lo0, u_lo1, u_lo2,
-                                                       fa0, fa1, fa2, nf0, nf1, nf2, c1, c2, n_grid, n_valid,
-                                                       TQ1, TQ2, TK0, TK1, TK2, HAS_EXTRA, ALL_FULL)  # fmt: skip
+                    p, alpha, m_i, l_i = _tile_softmax(s, j, m_i, l_i, qk_scale, *tile)
                     p_lo = p.to(dtype)
                     acc = warpgroup_mma_wait(0, deps=(acc,))
                     mbarrier.arrive(v_empty.index(stp), count=1)
@@ -208,10 +205,7 @@ if _IMPORT_ERROR is None:
                                       is_async=True)  # fmt: skip
                     s = warpgroup_mma_wait(0, deps=(s,))
                     mbarrier.arrive(k_empty.index(st), count=1)
-                    p, alpha, m_i, l_i = _tile_softmax(s, j, m_i, l_i, qk_scale, row_base, f0, f1, f2,
-                                                       L0, L1, L2, K0, K1, K2, S0, S1, S2, u_lo0, u_lo1, u_lo2,
-                                                       fa0, fa1, fa2, nf0, nf1, nf2, c1, c2, n_grid, n_valid,
-                                                       TQ1, TQ2, TK0, TK1, TK2, HAS_EXTRA, ALL_FULL)  # fmt: skip
+                    p, alpha, m_i, l_i = _tile_softmax(s, j, m_i, l_i, qk_scale, *tile)
                     acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_layout), 1)
                     p_op = gl.convert_layout(p.to(dtype), p_layout)
                     mbarrier.wait(v_ready.index(st), ph)
@@ -249,18 +243,14 @@ if _IMPORT_ERROR is None:
             all_full = nf0 * nf1 * nf2 == n_grid  # nf <= c per axis: equal on every axis
             if HAS_EXTRA:
                 all_full = all_full & (n_valid % BN == 0)
-            if all_full:
-                acc, m_i, l_i = _kv_loop(q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, acc, m_i, l_i,
-                                         s_zero, n_tiles, qk_scale, row_base, f0, f1, f2, L0, L1, L2,
-                                         K0, K1, K2, S0, S1, S2, u_lo0, u_lo1, u_lo2, fa0, fa1, fa2, nf0, nf1, nf2,
-                                         c1, c2, n_grid, n_valid, TQ1, TQ2, TK0, TK1, TK2, HAS_EXTRA, True,
-                                         PIPE)  # fmt: skip
+            loop = (q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, acc, m_i, l_i, s_zero, n_tiles,
+                    qk_scale, row_base, f0, f1, f2, L0, L1, L2, K0, K1, K2, S0, S1, S2, u_lo0, u_lo1, u_lo2,
+                    fa0, fa1, fa2, nf0, nf1, nf2, c1, c2, n_grid, n_valid,
+                    TQ1, TQ2, TK0, TK1, TK2, HAS_EXTRA)  # fmt: skip
+            if all_full:  # ALL_FULL is a constexpr: one specialised copy of the loop per branch
+                acc, m_i, l_i = _kv_loop(*loop, True, PIPE)
             else:
-                acc, m_i, l_i = _kv_loop(q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, acc, m_i, l_i,
-                                         s_zero, n_tiles, qk_scale, row_base, f0, f1, f2, L0, L1, L2,
-                                         K0, K1, K2, S0, S1, S2, u_lo0, u_lo1, u_lo2, fa0, fa1, fa2, nf0, nf1, nf2,
-                                         c1, c2, n_grid, n_valid, TQ1, TQ2, TK0, TK1, TK2, HAS_EXTRA, False,
-                                         PIPE)  # fmt: skip
+                acc, m_i, l_i = _kv_loop(*loop, False, PIPE)
 
             # epilogue: acc / l, masked store of the valid query rows (strided output, pointer store)
             orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -278,6 +268,8 @@ if _IMPORT_ERROR is None:
             mask = gl.expand_dims(valid, 1) & gl.expand_dims(cols >= 0, 0)
             gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=mask)
 
+        # Two thin entry points instead of one function with a constexpr warpgroup index: gl.warp_specialize takes
+        # one argument tuple per partition and (Triton 3.6) cannot carry a per-partition constexpr in it.
         @gluon.jit
         def _consumer_default(q_bufs, k_bufs, v_bufs, q_bar, k_ready, v_ready, k_empty, v_empty, out_ptr, o_base, son,
                               f0, f1, f2, L0, L1, L2, K0, K1, K2, S0, S1, S2, u_lo0, u_lo1, u_lo2,
@@ -304,41 +296,36 @@ if _IMPORT_ERROR is None:
                       TQ0, TQ1, TQ2, TK0, TK1, TK2, HAS_EXTRA, PIPE)  # fmt: skip
 
         @gluon.jit
+        def _load_grid_tile(desc, bufs, st, bar, j, h, kv_row0, u_lo1, u_lo2, c1, c2,
+                            TK0: gl.constexpr, TK1: gl.constexpr, TK2: gl.constexpr):  # fmt: skip
+            """TMA of union tile ``j`` (raster order over ``c0 x c1 x c2`` tiles) into ring stage ``st``."""
+            j2 = j % c2
+            j1 = (j // c2) % c1
+            j0 = j // (c1 * c2)
+            tma.async_copy_global_to_shared(
+                desc,
+                [kv_row0 + j0 * TK0, u_lo1 + j1 * TK1, u_lo2 + j2 * TK2, h, 0],
+                bar,
+                bufs.index(st)._reinterpret(bufs.dtype, desc.block_type.shape, desc.layout),
+            )
+
+        @gluon.jit
         def _load_kv_tile(desc, e_desc, bufs, st, bar, j, b, h, kv_row0, u_lo1, u_lo2, c1, c2, n_grid,
                           TK0: gl.constexpr, TK1: gl.constexpr, TK2: gl.constexpr,
                           HAS_EXTRA: gl.constexpr):  # fmt: skip
             """TMA of key or value tile ``j`` into ring stage ``st``: union tiles (raster order), then extra tiles."""
-            BN: gl.constexpr = bufs.shape[1]
-            dtype: gl.constexpr = bufs.dtype
-            kv_shape: gl.constexpr = desc.block_type.shape
             if HAS_EXTRA:
                 if j < n_grid:
-                    j2 = j % c2
-                    j1 = (j // c2) % c1
-                    j0 = j // (c1 * c2)
-                    tma.async_copy_global_to_shared(
-                        desc,
-                        [kv_row0 + j0 * TK0, u_lo1 + j1 * TK1, u_lo2 + j2 * TK2, h, 0],
-                        bar,
-                        bufs.index(st)._reinterpret(dtype, kv_shape, desc.layout),
-                    )
+                    _load_grid_tile(desc, bufs, st, bar, j, h, kv_row0, u_lo1, u_lo2, c1, c2, TK0, TK1, TK2)
                 else:
                     tma.async_copy_global_to_shared(
                         e_desc,
-                        [b, (j - n_grid) * BN, h, 0],
+                        [b, (j - n_grid) * bufs.shape[1], h, 0],
                         bar,
-                        bufs.index(st)._reinterpret(dtype, e_desc.block_type.shape, e_desc.layout),
+                        bufs.index(st)._reinterpret(bufs.dtype, e_desc.block_type.shape, e_desc.layout),
                     )
             else:
-                j2 = j % c2
-                j1 = (j // c2) % c1
-                j0 = j // (c1 * c2)
-                tma.async_copy_global_to_shared(
-                    desc,
-                    [kv_row0 + j0 * TK0, u_lo1 + j1 * TK1, u_lo2 + j2 * TK2, h, 0],
-                    bar,
-                    bufs.index(st)._reinterpret(dtype, kv_shape, desc.layout),
-                )
+                _load_grid_tile(desc, bufs, st, bar, j, h, kv_row0, u_lo1, u_lo2, c1, c2, TK0, TK1, TK2)
 
         @gluon.jit
         def _producer(q_desc, k_desc, v_desc, ek_desc, ev_desc, q_bufs, k_bufs, v_bufs, q_bar, k_ready, v_ready,
@@ -584,9 +571,7 @@ def gna_forward_gluon(problem, *, pipe: bool = True, num_stages: int = _NUM_STAG
     batch, n, heads, head_dim = q.shape
     params = p.params
     ndim = params.ndim
-    grid3 = pad3(params.grid, 1)
-    ks3 = pad3(params.kernel_size, 1)
-    st3 = pad3(params.stride, 1)
+    grid3, ks3, st3, _, _ = params3(params)
     tq, tk = CONFIGS[ndim]
     if tq[0] % 2 == 0:
         hq, qoff = (tq[0] // 2, tq[1], tq[2]), (tq[0] // 2, 0, 0)
@@ -615,22 +600,10 @@ def gna_forward_gluon(problem, *, pipe: bool = True, num_stages: int = _NUM_STAG
     args = (q_desc, k_desc, v_desc, ek_desc, ev_desc, out, elen, sob, son, soh,
             heads, *grid3, *ks3, *st3, t_extra, qk_scale)  # fmt: skip
     consts = dict(
-        TQ0=tq[0],
-        TQ1=tq[1],
-        TQ2=tq[2],
-        TK0=tk[0],
-        TK1=tk[1],
-        TK2=tk[2],
-        QOFF0=qoff[0],
-        QOFF1=qoff[1],
-        QOFF2=qoff[2],
-        HAS_EXTRA=has_extra,
-        HAS_ELEN=has_elen,
-        NUM_STAGES=num_stages,
-        PIPE=pipe,
-        CONSUMER_REGS=_CONSUMER_REGS,
-        PRODUCER_REGS=_PRODUCER_REGS,
-    )
+        TQ0=tq[0], TQ1=tq[1], TQ2=tq[2], TK0=tk[0], TK1=tk[1], TK2=tk[2], QOFF0=qoff[0], QOFF1=qoff[1], QOFF2=qoff[2],
+        HAS_EXTRA=has_extra, HAS_ELEN=has_elen, NUM_STAGES=num_stages, PIPE=pipe,
+        CONSUMER_REGS=_CONSUMER_REGS, PRODUCER_REGS=_PRODUCER_REGS,
+    )  # fmt: skip
     if warmup_only:
         return _gna_gluon_kernel.warmup(*args, **consts, grid=launch, num_warps=4, maxnreg=_MAXNREG)
     _gna_gluon_kernel[launch](*args, **consts, num_warps=4, maxnreg=_MAXNREG)

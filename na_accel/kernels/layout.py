@@ -14,6 +14,18 @@ def pad3(values: Sequence, fill) -> tuple:
     return (fill,) * (3 - len(values)) + values
 
 
+def params3(params) -> tuple[tuple, tuple, tuple, tuple, tuple]:
+    """Grid, kernel size, stride, dilation and causal flags of ``params`` (:class:`na_accel.semantics.GNAParams`)
+    padded to three axes (size-1 leading axes: window 1, stride 1, dilation 1, non-causal)."""
+    return (
+        pad3(params.grid, 1),
+        pad3(params.kernel_size, 1),
+        pad3(params.stride, 1),
+        pad3(params.dilation, 1),
+        pad3(params.is_causal, False),
+    )
+
+
 def folded_5d(t: torch.Tensor, grid3: Sequence[int]) -> tuple[list[int], list[int]]:
     """Shape and strides of ``t`` ([B, N, heads, D], raster-ordered tokens of ``grid3``) as [B * L0, L1, L2, heads, D]:
     the batch is folded into axis 0 (valid when :func:`tma_reason` with ``fold=True`` is None)."""
