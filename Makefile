@@ -21,9 +21,12 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/na-accel generate examples/prompts.txt --out outputs/demo
 
+# Two pytest steps: Triton decides at import whether kernels are compiled or interpreted, so the interpreter tests
+# (marker `interpreter`) run in their own process with TRITON_INTERPRET=1.
 test: setup
 	$(BIN)/ruff check na_accel tests bench examples
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not interpreter"
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m interpreter
 
 lint: setup
 	$(BIN)/ruff check na_accel tests bench

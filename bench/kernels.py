@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import na_accel  # noqa: E402
 from na_accel import flex as nflex  # noqa: E402
-from na_accel.semantics import make_params  # noqa: E402
+from na_accel.ops.semantics import make_params  # noqa: E402
 
 # name: grid, kernel_size, stride, heads, text tokens (text queries included)
 CASES = {
@@ -136,9 +136,9 @@ def run_case(name: str, args) -> dict:
     rec["ms"] = _bench(ours, args.quick)
     rec["tflops"] = flops / rec["ms"] * 1e-9
     rec["config"] = _best_config(params.ndim)
-    from na_accel.backends import _BACKENDS
+    from na_accel.ops.dispatch import get_backend
 
-    rec["path"] = getattr(_BACKENDS.get("triton"), "last_path", None)
+    rec["path"] = getattr(get_backend("triton"), "last_path", None)
     if rec["path"] == "gluon":
         # the same call with the Gluon kernel turned off: the Triton kernel alone, side by side
         os.environ["NA_ACCEL_GLUON"] = "0"
@@ -223,7 +223,8 @@ def run_case(name: str, args) -> dict:
 
 def _sweep(name, params, x, n_text, args) -> list:
     """Time each fixed candidate config of the kernel (kernel path only, no text)."""
-    from na_accel.backends import Problem
+    from na_accel.ops.dispatch import Problem
+
     from na_accel.kernels import gna_forward, kernel_module
 
     mod = kernel_module(False)
@@ -261,7 +262,8 @@ TEXT_CONFIGS = [(64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (128, 64, 8, 3
 
 def _text_sweep(name, params, x, n_text) -> list:
     """Time the text-query path alone (Triton text kernel + split combine) for each of TEXT_CONFIGS."""
-    from na_accel.backends import Problem
+    from na_accel.ops.dispatch import Problem
+
     from na_accel.kernels import gna_forward
 
     n = params.num_tokens
@@ -282,7 +284,7 @@ def _markdown(records: list, meta: dict) -> str:
         f"# Kernel benchmark: {meta['gpu']} ({meta['gpu_name']}), torch {meta['torch']}, triton {meta['triton']}, "
         f"{meta['date']}",
         "",
-        "bf16, batch 1, head dim 128. Ours through `na_accel.functional` (everything included); Flex kernel only on "
+        "bf16, batch 1, head dim 128. Ours through `na_accel.ops.functional` (everything included); Flex kernel only on "
         "tiled inputs; cuDNN dense SDPA. Speedups are ratios within this run.",
         "",
         "| case | grid | kernel | stride | heads | text | ours ms | cuDNN ms | Flex ms | vs cuDNN | vs Flex "

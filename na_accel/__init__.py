@@ -1,8 +1,18 @@
 """na_accel: fused generalized neighborhood attention for diffusers' video and image transformers.
 
+Layers, each importing only the ones below it:
+
+* :mod:`na_accel.kernels`: Triton and Gluon kernels (tensors and a token grid; no model knowledge);
+* :mod:`na_accel.ops`: the attention operation: semantics, functional API, backend dispatch, reference, SDPA, Flex;
+* :mod:`na_accel.patching`: ``patch`` / ``unpatch``, configs and presets, one adapter per model family;
+* :mod:`na_accel.quality`: metrics and comparisons against dense;
+* :mod:`na_accel.tools`: the ``na-accel`` command line, generation, A/B reports, media, benchmarks (never
+  imported by the library); :mod:`na_accel.tiny`: the built-in models.
+
 Public API: the attention functions (``na1d``, ``na2d``, ``na3d``, ``na_flat``, ``na_joint``), patching
-(``patch``, ``unpatch``, ``patched``, ``is_patched``) and config loading (``load_config``, ``list_presets``).
-Names are imported on first use, so ``import na_accel`` (and ``na-accel --help``) does not pay for torch.
+(``patch``, ``unpatch``, ``patched``, ``is_patched``, ``PatchHandle``), configs (``load_config``, ``list_presets``,
+``NAConfig``) and the errors. Names are imported on first use, so ``import na_accel`` (and ``na-accel --help``)
+does not pay for torch.
 """
 
 from __future__ import annotations
@@ -10,29 +20,39 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .errors import BackendUnavailableError, ConfigError, NAAccelError, ShapeError, UnsupportedModelError
+from .errors import (
+    AlreadyPatchedError,
+    BackendUnavailableError,
+    ConfigError,
+    InputError,
+    NAAccelError,
+    ShapeError,
+    UnsupportedModelError,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
-    "na1d": "functional",
-    "na2d": "functional",
-    "na3d": "functional",
-    "na_flat": "functional",
-    "na_joint": "functional",
-    "PatchHandle": "api",
-    "is_patched": "api",
-    "patch": "api",
-    "patched": "api",
-    "unpatch": "api",
-    "NAConfig": "config",
-    "list_presets": "config",
-    "load_config": "config",
+    "na1d": "ops.functional",
+    "na2d": "ops.functional",
+    "na3d": "ops.functional",
+    "na_flat": "ops.functional",
+    "na_joint": "ops.functional",
+    "PatchHandle": "patching.api",
+    "is_patched": "patching.api",
+    "patch": "patching.api",
+    "patched": "patching.api",
+    "unpatch": "patching.api",
+    "NAConfig": "patching.config",
+    "list_presets": "patching.config",
+    "load_config": "patching.config",
 }
 
 __all__ = [
+    "AlreadyPatchedError",
     "BackendUnavailableError",
     "ConfigError",
+    "InputError",
     "NAAccelError",
     "ShapeError",
     "UnsupportedModelError",
@@ -54,6 +74,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import PatchHandle, is_patched, patch, patched, unpatch  # noqa: F401
-    from .config import NAConfig, list_presets, load_config  # noqa: F401
-    from .functional import na1d, na2d, na3d, na_flat, na_joint  # noqa: F401
+    from .ops.functional import na1d, na2d, na3d, na_flat, na_joint  # noqa: F401
+    from .patching.api import PatchHandle, is_patched, patch, patched, unpatch  # noqa: F401
+    from .patching.config import NAConfig, list_presets, load_config  # noqa: F401

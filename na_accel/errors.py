@@ -26,3 +26,12 @@ class UnsupportedModelError(NAAccelError, TypeError):
 
 class BackendUnavailableError(NAAccelError, RuntimeError):
     """An explicitly requested attention backend cannot run this problem on this machine."""
+
+
+class AlreadyPatchedError(NAAccelError, RuntimeError):
+    """The model is already patched by na_accel; unpatch it first."""
+
+
+class InputError(NAAccelError, ValueError):
+    """Bad user input to a command or a generation helper (prompt file, size, option), found before anything runs or
+    is written; the CLI prints it on one line and exits with code 2."""

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import na_accel
-from na_accel import BackendUnavailableError, NAAccelError, ShapeError, backends
+from na_accel import BackendUnavailableError, NAAccelError, ShapeError
+from na_accel.ops import dispatch
 
 
 def _qkv(shape=(2, 6, 5, 3, 4), dtype=torch.float32, device="cpu"):
@@ -214,29 +215,29 @@ def _extra(t=4, b=2, h=3, d=4, dtype=torch.float32):
 def test_extra_keys_without_values():
     q, k, v = _qkv()
     ek, ev = _extra()
-    with _raises_shape("extra_keys and extra_values must be given together"):
-        na_accel.na2d(q, k, v, 3, extra_keys=ek)
-    with _raises_shape("extra_keys and extra_values must be given together"):
-        na_accel.na2d(q, k, v, 3, extra_values=ev)
+    with _raises_shape("additional_keys and additional_values must be given together"):
+        na_accel.na2d(q, k, v, 3, additional_keys=ek)
+    with _raises_shape("additional_keys and additional_values must be given together"):
+        na_accel.na2d(q, k, v, 3, additional_values=ev)
 
 
 @pytest.mark.parametrize(
     "which,bad,fragments",
     [
-        ("extra_keys", torch.randn(2, 4, 12), ["extra_keys", "[2, S, 3, 4]", "(2, 4, 12)"]),
-        ("extra_values", torch.randn(1, 4, 3, 4), ["extra_values", "[2, S, 3, 4]", "(1, 4, 3, 4)"]),
-        ("extra_keys", torch.randn(2, 4, 2, 4), ["extra_keys", "(2, 4, 2, 4)"]),
-        ("extra_values", torch.randn(2, 4, 3, 8), ["extra_values", "(2, 4, 3, 8)"]),
-        ("extra_values", torch.randn(2, 5, 3, 4), ["same shape", "(2, 4, 3, 4)", "(2, 5, 3, 4)"]),
-        ("extra_keys", torch.randn(2, 4, 3, 4, dtype=torch.float64), ["extra_keys", "torch.float64"]),
-        ("extra_values", torch.randn(2, 4, 3, 4, device="meta"), ["extra_values", "meta"]),
-        ("extra_keys", [[1.0]], ["extra_keys", "list"]),
+        ("additional_keys", torch.randn(2, 4, 12), ["additional_keys", "[2, S, 3, 4]", "(2, 4, 12)"]),
+        ("additional_values", torch.randn(1, 4, 3, 4), ["additional_values", "[2, S, 3, 4]", "(1, 4, 3, 4)"]),
+        ("additional_keys", torch.randn(2, 4, 2, 4), ["additional_keys", "(2, 4, 2, 4)"]),
+        ("additional_values", torch.randn(2, 4, 3, 8), ["additional_values", "(2, 4, 3, 8)"]),
+        ("additional_values", torch.randn(2, 5, 3, 4), ["same shape", "(2, 4, 3, 4)", "(2, 5, 3, 4)"]),
+        ("additional_keys", torch.randn(2, 4, 3, 4, dtype=torch.float64), ["additional_keys", "torch.float64"]),
+        ("additional_values", torch.randn(2, 4, 3, 4, device="meta"), ["additional_values", "meta"]),
+        ("additional_keys", [[1.0]], ["additional_keys", "list"]),
     ],
 )
 def test_extra_shapes_wrong(which, bad, fragments):
     q, k, v = _qkv()
     ek, ev = _extra()
-    kw = dict(extra_keys=ek, extra_values=ev)
+    kw = dict(additional_keys=ek, additional_values=ev)
     kw[which] = bad
     with _raises_shape(*fragments):
         na_accel.na2d(q, k, v, 3, **kw)
@@ -245,9 +246,9 @@ def test_extra_shapes_wrong(which, bad, fragments):
 @pytest.mark.parametrize(
     "lengths,fragments",
     [
-        (torch.tensor([1.0, 2.0]), ["extra_lengths must be an integer tensor", "torch.float32"]),
+        (torch.tensor([1.0, 2.0]), ["additional_lengths must be an integer tensor", "torch.float32"]),
         (torch.tensor([True, False]), ["integer tensor", "torch.bool"]),
-        ([1, 2], ["extra_lengths must be an integer tensor", "list"]),
+        ([1, 2], ["additional_lengths must be an integer tensor", "list"]),
         (torch.tensor([1, 2, 3]), ["shape [2]", "(3,)"]),
         (torch.tensor([[1, 2]]), ["shape [2]", "(1, 2)"]),
         (torch.tensor(2), ["shape [2]", "()"]),
@@ -260,21 +261,34 @@ def test_extra_lengths_wrong(lengths, fragments):
     q, k, v = _qkv()
     ek, ev = _extra()
     with _raises_shape(*fragments):
-        na_accel.na2d(q, k, v, 3, extra_keys=ek, extra_values=ev, extra_lengths=lengths)
+        na_accel.na2d(q, k, v, 3, additional_keys=ek, additional_values=ev, additional_lengths=lengths)
 
 
 def test_extra_lengths_boundaries_are_accepted():
     q, k, v = _qkv()
     ek, ev = _extra()
-    na_accel.na2d(q, k, v, 3, extra_keys=ek, extra_values=ev, extra_lengths=torch.tensor([0, 4]), backend="reference")
-    na_accel.na2d(q, k, v, 3, extra_keys=ek, extra_values=ev, extra_lengths=torch.tensor([4, 0], dtype=torch.int32),
-                  backend="reference")  # fmt: skip
+    kw = dict(additional_keys=ek, additional_values=ev, backend="reference")
+    na_accel.na2d(q, k, v, 3, additional_lengths=torch.tensor([0, 4]), **kw)
+    na_accel.na2d(q, k, v, 3, additional_lengths=torch.tensor([4, 0], dtype=torch.int32), **kw)
+
+
+def test_deprecated_extra_names_warn_and_match():
+    """The pre-NATTEN names extra_keys/extra_values/extra_lengths still work, warn, and give the same output."""
+    q, k, v = _qkv()
+    ek, ev = _extra()
+    lengths = torch.tensor([1, 3])
+    new = na_accel.na2d(q, k, v, 3, additional_keys=ek, additional_values=ev, additional_lengths=lengths)
+    with pytest.warns(DeprecationWarning, match="additional_keys"):
+        old = na_accel.na2d(q, k, v, 3, extra_keys=ek, extra_values=ev, extra_lengths=lengths)
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    with _raises_shape("were both given"):
+        na_accel.na2d(q, k, v, 3, additional_keys=ek, additional_values=ev, extra_keys=ek)
 
 
 def test_extra_lengths_without_extra_keys():
     q, k, v = _qkv()
-    with _raises_shape("extra_lengths was given without extra_keys"):
-        na_accel.na2d(q, k, v, 3, extra_lengths=torch.tensor([1, 2]))
+    with _raises_shape("additional_lengths was given without additional_keys"):
+        na_accel.na2d(q, k, v, 3, additional_lengths=torch.tensor([1, 2]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -350,11 +364,11 @@ def test_triton_on_cpu_without_interpreter(monkeypatch):
         na_accel.na2d(q, k, v, 3, backend="triton")
     msg = str(info.value)
     assert isinstance(info.value, RuntimeError)
-    if "triton" in backends.available_backends():
+    if "triton" in dispatch.available_backends():
         assert "backend 'triton' cannot run this problem" in msg, msg
         assert re.search(r"cuda|cpu|gpu|interpret", msg, re.IGNORECASE), msg
     else:
-        assert "unknown backend 'triton'" in msg, msg
+        assert "backend 'triton' is not available" in msg, msg
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -372,7 +386,8 @@ def test_compile_fullgraph_na3d(compile_backend):
 
     def f(q, k, v, ek, ev, lengths):
         out, lse = na_accel.na3d(q * 1.5, k, v, (3, 3, 2), (1, 2, 2), (1, 1, 2), (True, False, False),
-                                 extra_keys=ek, extra_values=ev, extra_lengths=lengths, backend="reference",
+                                 additional_keys=ek, additional_values=ev, additional_lengths=lengths,
+                                 backend="reference",
                                  return_lse=True)  # fmt: skip
         return out + 1, lse
 

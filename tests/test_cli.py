@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from na_accel.cli import app
+from na_accel.tools.cli import app
 
 runner = CliRunner()
 
@@ -461,7 +461,7 @@ def test_unsupported_model(tmp_path, prompts):
 
 
 def test_write_failure_leaves_no_partial_file(tmp_path, monkeypatch):
-    import na_accel.media as media
+    import na_accel.tools.media as media
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -473,7 +473,7 @@ def test_write_failure_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_missing_video_writer_fails_before_writing(tmp_path, prompts, monkeypatch):
-    import na_accel.media as media
+    import na_accel.tools.media as media
 
     monkeypatch.setattr(media, "video_writer_problem", lambda: "cannot write MP4 videos: no ffmpeg")
     out = tmp_path / "out_dir"

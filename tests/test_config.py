@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import na_accel
-from na_accel.config import LayerRule, NAConfig, WindowSpec, config_from_dict, load_config
+from na_accel.patching.config import LayerRule, NAConfig, WindowSpec, config_from_dict, load_config, preset_path
 
 PRESETS = {
     "hunyuan_fast": "HunyuanVideoTransformer3DModel",
@@ -39,7 +39,7 @@ def test_presets_load_and_round_trip(name):
     assert again.defaults == cfg.defaults and again.layers == cfg.layers and again.dense_steps == cfg.dense_steps
     assert again.quality == cfg.quality
     assert load_config(cfg) is cfg
-    assert load_config(Path(na_accel.config.preset_path(name))).defaults == cfg.defaults
+    assert load_config(Path(preset_path(name))).defaults == cfg.defaults
 
 
 def test_hunyuan_fast_is_the_published_setting():
@@ -105,7 +105,7 @@ def test_resolve_forms_and_oversize():
     assert WindowSpec(kernel_size=20).resolve((4, 30)).kernel_size == (4, 20)
     with pytest.raises(na_accel.ConfigError, match="exceeds the token grid .*on_oversize: clamp"):
         WindowSpec(kernel_size=20, on_oversize="raise").resolve((4, 30), where="x.yaml: layer 'a'")
-    assert WindowSpec(kernel_size=-1).resolve((3, 5)).covers_grid
+    assert WindowSpec(kernel_size=-1).resolve((3, 5)).params.is_dense
 
 
 def _error(data) -> str:

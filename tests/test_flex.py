@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import na_accel
-from na_accel import backends, flex, semantics
+from na_accel.ops import dispatch, flex, semantics
 
 try:
     import bruteforce as bf
@@ -121,7 +121,7 @@ def test_flex_vs_reference(seed):
     p = bf.random_problem(seed)
     q, k, v, ek, ev = bf.make_inputs(p)
     args = (q, k, v, p.grid, p.kernel_size, p.stride, p.dilation, p.is_causal)
-    kw = dict(scale=p.scale, extra_keys=ek, extra_values=ev, extra_lengths=_lengths(p), return_lse=True)
+    kw = dict(scale=p.scale, additional_keys=ek, additional_values=ev, additional_lengths=_lengths(p), return_lse=True)
     out_f, lse_f = na_accel.na_flat(*args, backend="flex", **kw)
     out_r, lse_r = na_accel.na_flat(*args, backend="reference", **kw)
     assert out_f.dtype == p.dtype and lse_f.dtype == torch.float32
@@ -174,7 +174,7 @@ def test_flex_ragged_vs_bruteforce(grid, kernel_size, stride, dilation, is_causa
 
 
 def _problem(q, k, v, params):
-    return backends.Problem(
+    return dispatch.Problem(
         query=q, key=k, value=v, params=params, scale=1.0, extra_key=None, extra_value=None, extra_lengths=None,
         text_query=None, out=torch.empty_like(q), lse=None, text_out=None, text_lse=None,
     )  # fmt: skip
@@ -184,7 +184,7 @@ def test_auto_picks_reference_on_cpu(caplog):
     q, k, v = (torch.randn(1, 5, 7, 2, 4) for _ in range(3))
     params = semantics.make_params((5, 7), 3)
     flat = [t.reshape(1, 35, 2, 4) for t in (q, k, v)]
-    assert backends.select_backend("auto", _problem(*flat, params)).name == "reference"
+    assert dispatch.select_backend("auto", _problem(*flat, params)).name == "reference"
     caplog.set_level(logging.DEBUG, logger="na_accel")
     with warnings.catch_warnings():
         # auto must not run flex eagerly on CPU (it would warn)
@@ -192,7 +192,7 @@ def test_auto_picks_reference_on_cpu(caplog):
         out = na_accel.na2d(q, k, v, 3, backend="auto")
     messages = [r.getMessage() for r in caplog.records if r.name == "na_accel"]
     assert any("'flex'" in m and "rejected" in m for m in messages), messages
-    if "triton" in backends.available_backends():
+    if "triton" in dispatch.available_backends():
         assert any("'triton'" in m and "rejected" in m for m in messages), messages
     else:
         assert any("'triton'" in m and "not installed" in m for m in messages), messages
@@ -203,8 +203,8 @@ def test_flex_explicit_on_cpu():
     q, k, v = (torch.randn(2, 3, 4, 5, 1, 8) for _ in range(3))
     params = semantics.make_params((3, 4, 5), (3, 2, 3))
     flat = [t.reshape(2, 60, 1, 8) for t in (q, k, v)]
-    assert backends.select_backend("flex", _problem(*flat, params)).name == "flex"
-    assert "flex" in backends.available_backends() and "reference" in backends.available_backends()
+    assert dispatch.select_backend("flex", _problem(*flat, params)).name == "flex"
+    assert "flex" in dispatch.available_backends() and "reference" in dispatch.available_backends()
     out = na_accel.na3d(q, k, v, (3, 2, 3), backend="flex")
     ref = na_accel.na3d(q, k, v, (3, 2, 3), backend="reference")
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=2e-5)
@@ -217,7 +217,7 @@ def test_flex_block_mask_cache_distinguishes_lengths():
     ek, ev = (torch.randn(2, 3, 1, 4, generator=g) for _ in range(2))
     for lens in ([3, 0], [1, 2], [3, 0]):
         lengths = torch.tensor(lens)
-        kw = dict(extra_keys=ek, extra_values=ev, extra_lengths=lengths)
+        kw = dict(additional_keys=ek, additional_values=ev, additional_lengths=lengths)
         out_f = na_accel.na1d(q, k, v, 3, backend="flex", **kw)
         out_r = na_accel.na1d(q, k, v, 3, backend="reference", **kw)
         torch.testing.assert_close(out_f, out_r, rtol=1e-4, atol=2e-5)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import na_accel
-from na_accel.backends import Problem
-from na_accel.semantics import grid_mask, make_params
+from na_accel.ops.dispatch import Problem
+from na_accel.ops.semantics import grid_mask, make_params
 
 pytestmark = [
     pytest.mark.gpu,
@@ -84,8 +84,9 @@ def _check(problem, gen, what, **run_kw):
         idx = torch.arange(n, device=DEV)
         ref = na_accel.na_flat(
             p.query.float(), p.key.float(), p.value.float(), params.grid, params.kernel_size, params.stride,
-            extra_keys=None if t == 0 else p.extra_key.float(), extra_values=None if t == 0 else p.extra_value.float(),
-            extra_lengths=p.extra_lengths, backend="reference",
+            additional_keys=None if t == 0 else p.extra_key.float(),
+            additional_values=None if t == 0 else p.extra_value.float(),
+            additional_lengths=p.extra_lengths, backend="reference",
         )  # fmt: skip
     else:
         perm = torch.randperm(n, generator=gen)[:508]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import na_accel
-from na_accel.api import AlreadyPatchedError
+from na_accel import AlreadyPatchedError
 from na_accel.tiny import tiny_transformer
 
 try:
@@ -432,7 +432,7 @@ def test_fallback_block_called_on_another_sequence_and_autograd():
 
 def test_fallback_unsupported_call_arguments():
     """dropout, causal, GQA, attention_kwargs, a parallel config, other shapes: declined (the original answers)."""
-    from na_accel.patches.runtime import _ACTIVE
+    from na_accel.patching.intercept import _ACTIVE
 
     m = model("cosmos")
     with na_accel.patched(m, config={"version": 1, "defaults": SPARSE["cosmos"]}) as handle:

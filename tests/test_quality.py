@@ -9,20 +9,10 @@ import math
 import pytest
 import torch
 
-from na_accel.quality import (
-    QualityReport,
-    Thresholds,
-    gaussian_window,
-    latent_metrics,
-    lpips_status,
-    psnr,
-    run_pipeline,
-    ssim,
-)
-
-HAS_API = importlib.util.find_spec("na_accel.api") is not None
-needs_api = pytest.mark.skipif(not HAS_API, reason="na_accel.api (patching) is not available yet")
-
+from na_accel.patching.config import QualityThresholds, load_config
+from na_accel.quality.metrics import gaussian_window, latent_metrics, lpips_status, psnr, ssim
+from na_accel.quality.report import QualityReport
+from na_accel.quality.run import run_pipeline
 
 # ----------------------------------------------------------------------------------------------------------------
 # PSNR / SSIM against known values
@@ -134,7 +124,7 @@ def _report(**kw) -> QualityReport:
         latent_cosine=0.999,
         psnr_per_frame=[30.0, 32.0],
         ssim_per_frame=[0.9, 0.95],
-        thresholds=Thresholds(min_psnr=25, min_ssim=0.85, max_latent_rel_l2=0.2, min_latent_cosine=0.97),
+        thresholds=QualityThresholds(min_psnr=25, min_ssim=0.85, max_latent_rel_l2=0.2, min_latent_cosine=0.97),
         attention=[{"name": "transformer_blocks.0.attn", "rel_l2": 0.1}],
         calibration_step=1,
         random_weights=True,
@@ -177,19 +167,11 @@ def test_report_to_dict_is_strict_json():
 
 
 def test_thresholds_from_config_and_overrides():
-    class Q:
-        min_psnr = 20.0
-        min_ssim = 0.5
-        max_latent_rel_l2 = 0.3
-        min_latent_cosine = 0.9
-
-    class C:
-        quality = Q()
-
-    t = Thresholds.from_config(C(), min_psnr=99.0)
-    assert (t.min_psnr, t.min_ssim, t.max_latent_rel_l2, t.min_latent_cosine) == (99.0, 0.5, 0.3, 0.9)
-    t = Thresholds.from_config({"quality": None} and None)
-    assert t.min_psnr is None
+    cfg = load_config({"version": 1, "quality": {"min_psnr": 20.0, "min_ssim": 0.5}})
+    t = cfg.quality.with_overrides(min_psnr=99.0, max_latent_rel_l2=None)
+    assert (t.min_psnr, t.min_ssim, t.max_latent_rel_l2, t.min_latent_cosine) == (99.0, 0.5, 0.2, 0.97)
+    off = QualityThresholds(None, None, None, None)
+    assert _report(thresholds=off, psnr_per_frame=[1.0, 2.0]).passed
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,10 +220,9 @@ def _window_config(kernel, dense_steps=0):
     }
 
 
-@needs_api
 def test_compare_whole_grid_window_matches_dense(hunyuan_pipe):
     import na_accel
-    from na_accel.quality import compare
+    from na_accel.quality.compare import compare
 
     kw = _kw("hunyuan")
     r = compare(hunyuan_pipe, _window_config(-1), "a red fox", seed=0, **kw)
@@ -254,9 +235,8 @@ def test_compare_whole_grid_window_matches_dense(hunyuan_pipe):
     json.dumps(r.to_dict(), allow_nan=False)
 
 
-@needs_api
 def test_compare_small_window_differs_and_reports_layers(hunyuan_pipe):
-    from na_accel.quality import compare
+    from na_accel.quality.compare import compare
 
     kw = _kw("hunyuan")
     cfg = _window_config([1, 2, 2], dense_steps=1)
@@ -266,5 +246,6 @@ def test_compare_small_window_differs_and_reports_layers(hunyuan_pipe):
     assert r.ssim_mean < 1.0
     errs = [a["rel_l2"] for a in r.attention if a["rel_l2"] is not None]
     assert errs and max(errs) > 1e-3
-    strict = compare(hunyuan_pipe, cfg, "a red fox", seed=0, thresholds=Thresholds(max_latent_rel_l2=1e-9), **kw)
+    strict_thresholds = QualityThresholds(None, None, 1e-9, None)
+    strict = compare(hunyuan_pipe, cfg, "a red fox", seed=0, thresholds=strict_thresholds, **kw)
     assert not strict.passed and "latent relative L2" in strict.failures[0]

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import na_accel
-import na_accel.reference as reference
-from na_accel import semantics
+import na_accel.ops.reference as reference
+from na_accel.ops import semantics
 
 try:
     import bruteforce as bf
@@ -34,8 +34,8 @@ def _lengths_tensor(p: bf.RandomProblem):
 def _na_flat(p: bf.RandomProblem, q, k, v, ek, ev, **kw):
     """``na_flat`` (reference backend) on a random problem's inputs."""
     return na_accel.na_flat(
-        q, k, v, p.grid, p.kernel_size, p.stride, p.dilation, p.is_causal, scale=p.scale, extra_keys=ek,
-        extra_values=ev, extra_lengths=_lengths_tensor(p), backend="reference", **kw,
+        q, k, v, p.grid, p.kernel_size, p.stride, p.dilation, p.is_causal, scale=p.scale, additional_keys=ek,
+        additional_values=ev, additional_lengths=_lengths_tensor(p), backend="reference", **kw,
     )  # fmt: skip
 
 
@@ -104,8 +104,8 @@ def test_nd_vs_bruteforce(seed):
     fn = NA_ND[len(p.grid)]
     out, lse = fn(
         q.reshape(shape), k.reshape(shape), v.reshape(shape), p.kernel_size, p.stride, p.dilation, p.is_causal,
-        scale=p.scale, extra_keys=ek, extra_values=ev, extra_lengths=_lengths_tensor(p), backend="reference",
-        return_lse=True,
+        scale=p.scale, additional_keys=ek, additional_values=ev, additional_lengths=_lengths_tensor(p),
+        backend="reference", return_lse=True,
     )  # fmt: skip
     ref_out, ref_lse = _expected(p, q, k, v, ek, ev)
     _check(out, lse, ref_out, ref_lse, p.dtype, shape)
@@ -187,7 +187,8 @@ def test_nd_forms_agree(seed):
     """na1d on L equals na2d on (1, L) equals na3d on (1, 1, L) with window 1 on the singleton axes."""
     p = bf.random_problem(seed, ndim=1)
     q, k, v, ek, ev = bf.make_inputs(p)
-    kw = dict(scale=p.scale, extra_keys=ek, extra_values=ev, extra_lengths=_lengths_tensor(p), backend="reference")
+    kw = dict(scale=p.scale, additional_keys=ek, additional_values=ev, additional_lengths=_lengths_tensor(p),
+              backend="reference")  # fmt: skip
     (ks,), (st,), (dl,), (cz,) = p.kernel_size, p.stride, p.dilation, p.is_causal
     b, n, h, d = q.shape
     o1 = na_accel.na1d(q, k, v, ks, st, dl, cz, **kw)
@@ -264,7 +265,7 @@ def test_whole_axis_is_sdpa(grid, stride, whole, with_extra):
     ks = -1 if whole else tuple(grid)
     params = semantics.make_params(grid, ks, stride)
     assert params.is_dense and params.density() == 1.0
-    kw = dict(extra_keys=ek, extra_values=ev) if with_extra else {}
+    kw = dict(additional_keys=ek, additional_values=ev) if with_extra else {}
     out, lse = NA_ND[len(grid)](
         q.view(b, *grid, h, d), k.view(b, *grid, h, d), v.view(b, *grid, h, d), ks, stride, backend="reference",
         return_lse=True, **kw,

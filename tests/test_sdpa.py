@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import na_accel
-from na_accel import backends, semantics
 from na_accel.errors import BackendUnavailableError
+from na_accel.ops import dispatch, semantics
 
 
 def _qkv(shape, seed, dtype=torch.float32):
@@ -21,7 +21,7 @@ def _problem(q, k, v, params, **kw):
         text_query=None, out=torch.empty_like(q), lse=None, text_out=None, text_lse=None,
     )  # fmt: skip
     fields.update(kw)
-    return backends.Problem(**fields)
+    return dispatch.Problem(**fields)
 
 
 @pytest.mark.parametrize("grid", [(7,), (3, 5), (2, 3, 4)], ids=str)
@@ -31,10 +31,10 @@ def test_auto_routes_dense_to_sdpa_and_matches_reference(grid):
         n *= x
     q, k, v = _qkv((2, n, 3, 8), n)
     params = semantics.make_params(grid, -1)
-    assert backends.select_backend("auto", _problem(q, k, v, params)).name == "sdpa"
+    assert dispatch.select_backend("auto", _problem(q, k, v, params)).name == "sdpa"
     # window == axis length is dense too; so is a window clamped to the grid by the caller
     params2 = semantics.make_params(grid, list(grid))
-    assert backends.select_backend("auto", _problem(q, k, v, params2)).name == "sdpa"
+    assert dispatch.select_backend("auto", _problem(q, k, v, params2)).name == "sdpa"
     out = na_accel.na_flat(q, k, v, grid, -1, scale=0.3)
     ref = na_accel.na_flat(q, k, v, grid, -1, scale=0.3, backend="reference")
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -50,28 +50,27 @@ def test_sdpa_joint_text_matches_reference():
     out = na_accel.na_joint(q, k, v, grid, n_text, -1, text_first=True)
     ref = na_accel.na_joint(q, k, v, grid, n_text, -1, text_first=True, backend="reference")
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    out2 = na_accel.na_flat(q[:, :n], k[:, :n], v[:, :n], grid, -1, extra_keys=k[:, n:], extra_values=v[:, n:],
-                            backend="sdpa")  # fmt: skip
-    ref2 = na_accel.na_flat(q[:, :n], k[:, :n], v[:, :n], grid, -1, extra_keys=k[:, n:], extra_values=v[:, n:],
-                            backend="reference")  # fmt: skip
+    extra = dict(additional_keys=k[:, n:], additional_values=v[:, n:])
+    out2 = na_accel.na_flat(q[:, :n], k[:, :n], v[:, :n], grid, -1, **extra, backend="sdpa")
+    ref2 = na_accel.na_flat(q[:, :n], k[:, :n], v[:, :n], grid, -1, **extra, backend="reference")
     torch.testing.assert_close(out2, ref2, rtol=1e-5, atol=1e-5)
 
 
 def test_sdpa_rejections():
     q, k, v = _qkv((1, 12, 2, 8), 0)
     sparse = semantics.make_params((3, 4), 3)
-    assert backends.select_backend("auto", _problem(q, k, v, sparse)).name != "sdpa"
+    assert dispatch.select_backend("auto", _problem(q, k, v, sparse)).name != "sdpa"
     with pytest.raises(BackendUnavailableError, match="do not cover the whole grid"):
         na_accel.na_flat(q, k, v, (3, 4), 3, backend="sdpa")
     causal = semantics.make_params((12,), -1, is_causal=True)
-    assert "do not cover" in backends._BACKENDS["sdpa"].unavailable_reason(_problem(q, k, v, causal))
+    assert "do not cover" in dispatch.get_backend("sdpa").unavailable_reason(_problem(q, k, v, causal))
     dense = semantics.make_params((3, 4), -1)
     lse = torch.empty(1, 12, 2)
-    assert backends.select_backend("auto", _problem(q, k, v, dense, lse=lse)).name != "sdpa"
+    assert dispatch.select_backend("auto", _problem(q, k, v, dense, lse=lse)).name != "sdpa"
     out, lse = na_accel.na_flat(q, k, v, (3, 4), -1, return_lse=True)  # auto passes sdpa over, still correct
     ref, lse_ref = na_accel.na_flat(q, k, v, (3, 4), -1, return_lse=True, backend="reference")
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     lengths = torch.tensor([2])
     ek, ev = k[:, :4], v[:, :4]
     p = _problem(q, k, v, dense, extra_key=ek, extra_value=ev, extra_lengths=lengths)
-    assert backends.select_backend("auto", p).name != "sdpa"
+    assert dispatch.select_backend("auto", p).name != "sdpa"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import na_accel
-from na_accel.semantics import grid_mask, make_params
+from na_accel.ops.semantics import grid_mask, make_params
 
 pytestmark = [
     pytest.mark.gpu,
@@ -193,7 +193,7 @@ def test_torch_compile_fullgraph():
 
 
 def test_auto_picks_triton():
-    from na_accel.backends import Problem, select_backend
+    from na_accel.ops.dispatch import Problem, select_backend
 
     q = torch.randn(1, 64, 2, 64, device=DEV, dtype=torch.bfloat16)
     p = Problem(q, q, q, make_params((8, 8), 3), 0.125, None, None, None, None, torch.empty_like(q), None, None,

@@ -1,80 +1,36 @@
 """Triton GNA kernels under the Triton interpreter (CPU), against the fp32 reference, on tiny ragged grids.
 
-Triton must be imported with ``TRITON_INTERPRET=1`` for the interpreter to work (its library functions are decorated
-at import). If this process has not imported Triton yet and has no GPU, this module imports it so (and restores the
-variable, so other test modules see no change); the tests then set ``TRITON_INTERPRET=1`` per test. Otherwise (Triton
-already compiled-mode, or a GPU machine) the whole module runs again in a subprocess with the variable set.
+Triton decides when it is imported whether kernels run compiled or interpreted, so these tests need a process
+started with ``TRITON_INTERPRET=1``: ``make test`` runs them as their own pytest step
+(``TRITON_INTERPRET=1 pytest -m interpreter``). In any other process they are skipped with that reason.
 bf16 is computed in fp32 under the interpreter (its bf16 ``tl.dot`` is wrong).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-
-def _import_triton_interpreted() -> bool:
-    """Import Triton in interpreter mode when still possible; True if this process interprets Triton kernels."""
-    wants = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if "triton" not in sys.modules and (wants or not torch.cuda.is_available()):
-        old = os.environ.get("TRITON_INTERPRET")
-        os.environ["TRITON_INTERPRET"] = "1"
-        try:
-            import triton.language  # noqa: F401
-        except ImportError:
-            return False
-        finally:
-            if old is None:
-                os.environ.pop("TRITON_INTERPRET", None)
-            else:
-                os.environ["TRITON_INTERPRET"] = old
-    try:
-        from na_accel.kernels import triton_interpreted
-    except ImportError:
-        return False
-    return triton_interpreted()
-
-
-NATIVE = _import_triton_interpreted()
 pytest.importorskip("triton")
 
 import na_accel  # noqa: E402
-from na_accel.backends import Problem  # noqa: E402
-from na_accel.reference import gna_reference  # noqa: E402
-from na_accel.semantics import make_params  # noqa: E402
+from na_accel.kernels import INTERPRETED, gna_fwd  # noqa: E402
+from na_accel.ops.dispatch import Problem  # noqa: E402
+from na_accel.ops.reference import gna_reference  # noqa: E402
+from na_accel.ops.semantics import make_params  # noqa: E402
+from na_accel.ops.triton import TritonBackend  # noqa: E402
 
-pytestmark = pytest.mark.interpreter
-_SUBPROCESS_TEST = "test_interpreter_suite_in_subprocess"
-
-
-@pytest.fixture(autouse=True)
-def _interpret(monkeypatch, request):
-    if request.node.name == _SUBPROCESS_TEST:
-        return
-    if not NATIVE:
-        pytest.skip("Triton is imported in compiled mode here; run by test_interpreter_suite_in_subprocess")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-@pytest.mark.skipif(NATIVE, reason="the interpreter tests run in this process")
-def test_interpreter_suite_in_subprocess():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-m", "interpreter"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
-
-
-def _kernels():
-    import na_accel.kernels as kernels
-
-    return kernels
+pytestmark = [
+    pytest.mark.interpreter,
+    pytest.mark.skipif(
+        not INTERPRETED,
+        reason="needs a process started with TRITON_INTERPRET=1 (make test runs: TRITON_INTERPRET=1 pytest -m "
+        "interpreter)",
+    ),
+]
 
 
 def _make_problem(grid, kernel_size, stride=1, dilation=1, is_causal=False, *, batch=1, heads=2, head_dim=32,
@@ -151,7 +107,7 @@ CASES = [
 def test_matches_reference_fp32(case):
     grid, ks, st, dil, causal = case
     p = _make_problem(grid, ks, st, dil, causal, batch=2 if len(grid) < 3 else 1)
-    _kernels().gna_forward(p)
+    gna_fwd.gna_forward(p)
     _check(p)
 
 
@@ -162,7 +118,7 @@ def test_matches_reference_fp32(case):
 def test_tile_shapes(tq, tk):
     """Other query/key tile shapes (mismatched, larger than the grid) give the same result."""
     p = _make_problem((3, 5, 7), (3, 4, 3), (1, 2, 1), (1, 1, 2), (False, False, True), heads=1)
-    _kernels().gna_forward(p, config={"tq": tq, "tk": tk})
+    gna_fwd.gna_forward(p, config={"tq": tq, "tk": tk})
     _check(p)
 
 
@@ -181,7 +137,7 @@ def test_random_problems(ndim):
             dil.append(d)
             causal.append(rng.random() < 0.25)
         p = _make_problem(grid, tuple(ks), tuple(st), tuple(dil), tuple(causal), seed=trial, packed=trial % 2 == 0)
-        _kernels().gna_forward(p)
+        gna_fwd.gna_forward(p)
         _check(p)
 
 
@@ -189,7 +145,7 @@ def test_random_problems(ndim):
 def test_extra_keys_with_padding(lengths):
     extra_lengths = None if lengths is None else torch.tensor(lengths)
     p = _make_problem((3, 4, 5), (3, 3, 3), (1, 2, 1), batch=2, heads=1, num_extra=19, extra_lengths=extra_lengths)
-    _kernels().gna_forward(p)
+    gna_fwd.gna_forward(p)
     _check(p)
 
 
@@ -199,20 +155,20 @@ def test_text_queries(splits):
     p = _make_problem((3, 4, 5), (3, 3, 3), (2, 2, 2), batch=2, heads=1, num_extra=21,
                       extra_lengths=torch.tensor([21, 9]), num_text_queries=21)  # fmt: skip
     text_config = None if splits is None else {"num_splits": splits}
-    _kernels().gna_forward(p, text_config=text_config)
+    gna_fwd.gna_forward(p, text_config=text_config)
     _check(p)
 
 
 def test_text_queries_without_extra_keys_and_lse():
     p = _make_problem((9, 11), (3, 5), num_text_queries=5, lse=False)
-    _kernels().gna_forward(p, text_config={"num_splits": 2})
+    gna_fwd.gna_forward(p, text_config={"num_splits": 2})
     _check(p)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(dtype):
     p = _make_problem((3, 5, 6), (3, 3, 3), (1, 1, 2), dtype=dtype, num_extra=8, num_text_queries=4)
-    _kernels().gna_forward(p)
+    gna_fwd.gna_forward(p)
     _check(p)
 
 
@@ -228,11 +184,11 @@ def test_half_precision(dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_descriptor_path(grid, ks, st, dil, batch, packed, tma, dtype):
     """16-bit inputs read the full key tiles through 5-D tensor descriptors where the layout allows."""
-    mod = _kernels().kernel_module(True)
+    mod = gna_fwd
     p = _make_problem(grid, ks, st, dil, batch=batch, packed=packed, dtype=dtype, lse=False)
     dl3 = (1,) * (3 - len(grid)) + ((dil,) * len(grid) if isinstance(dil, int) else tuple(dil))
     assert mod._tma_ok(p, dl3, 32) is tma
-    _kernels().gna_forward(p)
+    gna_fwd.gna_forward(p)
     _check(p)
     if tma:  # a batch that does not fold into axis 0 (a view of a longer sequence) takes the pointer path
         q2 = torch.cat([p.query, p.query[:, :3]], 1)[:, : p.query.shape[1]]
@@ -244,7 +200,7 @@ def test_descriptor_path(grid, ks, st, dil, batch, packed, tma, dtype):
 def test_head_dims(head_dim):
     """Head dims that are not powers of two are padded (masked) to the next one."""
     p = _make_problem((9, 11), (3, 4), (2, 1), head_dim=head_dim, num_extra=3, num_text_queries=3)
-    _kernels().gna_forward(p)
+    gna_fwd.gna_forward(p)
     _check(p)
 
 
@@ -252,7 +208,7 @@ def test_contiguous_inputs_and_strided_outputs():
     p = _make_problem((6, 7), (3, 3), packed=False)
     out_buf = torch.full((1, 42, 2, 2, 32), float("nan"))
     p.out = out_buf[:, :, :, 1]  # a strided output view
-    _kernels().gna_forward(p)
+    gna_fwd.gna_forward(p)
     _check(p)
     assert torch.isnan(out_buf[:, :, :, 0]).all(), "wrote outside the output view"
 
@@ -264,7 +220,7 @@ def test_functional_api_and_auto_choice():
     ref = na_accel.na3d(q, k, v, (3, 3, 3), (1, 2, 1), backend="reference")
     out = na_accel.na3d(q, k, v, (3, 3, 3), (1, 2, 1), backend="triton")
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
-    from na_accel.backends import select_backend
+    from na_accel.ops.dispatch import select_backend
 
     p = _make_problem((3, 4, 5), 3)
     assert select_backend("auto", p).name == "triton"
@@ -283,12 +239,12 @@ def test_joint_text_first_with_lengths():
 
 
 def test_unavailable_reasons(monkeypatch):
-    backend = _kernels().TritonBackend()
+    backend = TritonBackend()
     p = _make_problem((4, 5), 3)
     assert backend.unavailable_reason(p) is None
     p64 = _make_problem((4, 5), 3, dtype=torch.float64)
     assert "float16" in backend.unavailable_reason(p64)
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr("na_accel.ops.triton.INTERPRETED", False)
     assert "CUDA" in backend.unavailable_reason(p)
     with pytest.raises(na_accel.BackendUnavailableError):
         na_accel.na2d(torch.randn(1, 4, 5, 1, 16), torch.randn(1, 4, 5, 1, 16), torch.randn(1, 4, 5, 1, 16), 3,
@@ -299,7 +255,7 @@ def test_text_queries_only():
     """grid_queries=False runs only the dense text queries (the Gluon kernel does the grid queries on Hopper)."""
     p = _make_problem((3, 4, 5), (3, 3, 3), (2, 2, 2), batch=2, heads=1, num_extra=7,
                       extra_lengths=torch.tensor([7, 2]), num_text_queries=5)  # fmt: skip
-    _kernels().gna_forward(p, grid_queries=False)
+    gna_fwd.gna_forward(p, grid_queries=False)
     assert torch.isnan(p.out).all() and torch.isnan(p.lse).all(), "grid queries must be left alone"
     p.out.zero_()
     p.lse.zero_()
@@ -311,13 +267,13 @@ def test_text_queries_only():
 
 def test_gluon_path_reasons(monkeypatch):
     """The Gluon kernel (Hopper, CUDA) never takes CPU problems; NA_ACCEL_GLUON=0 turns it off."""
-    from na_accel.kernels.backend import gluon_reason
+    from na_accel.ops.triton import gluon_reason
 
     p = _make_problem((4, 5), 3)
     assert "CUDA" in gluon_reason(p)
     monkeypatch.setenv("NA_ACCEL_GLUON", "0")
     assert "NA_ACCEL_GLUON=0" in gluon_reason(p)
-    backend = _kernels().TritonBackend()
+    backend = TritonBackend()
     backend.forward(p)
     assert backend.last_path == "triton"
     _check(p)

@@ -13,9 +13,9 @@ import time
 import torch
 import triton
 
-from na_accel.backends import Problem
 from na_accel.kernels import gna_forward, gna_gluon
-from na_accel.semantics import make_params
+from na_accel.ops.dispatch import Problem
+from na_accel.ops.semantics import make_params
 
 CASES = {
     "hunyuan-gna": ((30, 48, 80), (18, 24, 24), (16, 8, 8), 0),

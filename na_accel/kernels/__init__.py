@@ -1,17 +1,17 @@
-"""Triton kernels. They know tensors and a token grid, nothing about models (no diffusers import here).
+"""Triton and Gluon kernels for GNA. They know tensors and a token grid, nothing about models, and import only torch,
+triton and their own layout helpers; the ``triton`` backend (:mod:`na_accel.ops.triton`) calls them.
 
-``gna_fwd``: the Triton kernels (every GPU, and the interpreter); ``gna_gluon``: a warp-specialised Gluon kernel
-for the grid queries on Hopper, used by the ``triton`` backend where :func:`backend.gluon_reason` allows.
+``gna_fwd``: the Triton kernels (every GPU, and the interpreter); ``gna_gluon``: a warp-specialised Gluon kernel for
+the grid queries on Hopper; ``layout``: host-side helpers shared by both.
 
-Importing this package registers the ``triton`` backend (raises ImportError when Triton is not installed, which
-:func:`na_accel.backends._ensure_registered` treats as "backend not available").
+Triton decides when it is imported whether kernels are compiled or interpreted (``TRITON_INTERPRET``): its own
+library functions are decorated then, so a process is in one mode. :data:`INTERPRETED` records that mode once.
 """
 
-import triton  # noqa: F401  (ImportError here means: no triton backend)
+import triton.language.standard as _standard
+from triton.runtime.jit import JITFunction as _JITFunction
 
-from ..backends import register_backend
-from .backend import TritonBackend, gna_forward, interpret_mode, kernel_module, triton_interpreted
+#: True when this process runs Triton kernels in the interpreter (TRITON_INTERPRET=1 was set before Triton's import)
+INTERPRETED: bool = not isinstance(_standard.cdiv, _JITFunction)
 
-register_backend(TritonBackend())
-
-__all__ = ["TritonBackend", "gna_forward", "interpret_mode", "kernel_module", "triton_interpreted"]
+__all__ = ["INTERPRETED"]

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from .backend import interpret_mode
+from . import INTERPRETED
 from .layout import folded_5d, params3, tma_reason
 
 _LOG2E = 1.4426950408889634
@@ -502,7 +502,7 @@ def unsupported_reason(problem) -> str | None:
     """Why :func:`gna_forward_gluon` cannot run ``problem`` here, or None if it can (grid queries only)."""
     if _IMPORT_ERROR is not None:
         return f"Gluon's Hopper API is not importable ({_IMPORT_ERROR})"
-    if interpret_mode():
+    if INTERPRETED:
         return "TRITON_INTERPRET is set (Gluon kernels do not run in the interpreter)"
     p = problem
     q, k, v = p.query, p.key, p.value

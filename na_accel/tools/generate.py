@@ -17,15 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import NAAccelError, UnsupportedModelError
+from ..errors import InputError, UnsupportedModelError
 
 __all__ = [
-    "FAMILIES",
     "TINY_LABEL",
     "InputError",
     "LoadedModel",
     "ShapeRules",
-    "detect_family",
+    "adapter_of",
     "load_model",
     "read_prompts",
     "resolve_config",
@@ -34,21 +33,7 @@ __all__ = [
 ]
 
 TINY_LABEL = "tiny random-weight model"
-
-# transformer class name -> family
-FAMILIES = {
-    "HunyuanVideoTransformer3DModel": "hunyuan",
-    "FluxTransformer2DModel": "flux",
-    "CosmosTransformer3DModel": "cosmos",
-    "WanTransformer3DModel": "wan",
-}
-FAMILY_NAMES = {"hunyuan": "HunyuanVideo", "flux": "FLUX", "cosmos": "Cosmos", "wan": "Wan"}
-DEFAULT_FPS = {"hunyuan": 24, "flux": 1, "cosmos": 30, "wan": 16}
 TINY_FPS = 8
-
-
-class InputError(NAAccelError, ValueError):
-    """Bad user input found before anything is run or written (the CLI prints it on one line, exit code 2)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -129,44 +114,26 @@ def _transformer_class(pipe: Any) -> str:
     return type(tr).__name__ if tr is not None else "(no transformer)"
 
 
-def detect_family(pipe: Any) -> str:
-    """'hunyuan' | 'flux' | 'cosmos' | 'wan' from the pipeline's transformer, else UnsupportedModelError."""
+def adapter_of(pipe: Any) -> Any:
+    """The family adapter of a pipeline's transformer, else :class:`UnsupportedModelError` naming the supported
+    models."""
+    from ..patching.families import adapter_for_class, supported_models_text
+
     cls = _transformer_class(pipe)
-    fam = FAMILIES.get(cls)
-    if fam is None:
+    adapter = adapter_for_class(cls)
+    if adapter is None:
         raise UnsupportedModelError(
             f"unsupported model: {type(pipe).__name__} with transformer {cls}; na_accel supports "
-            + ", ".join(f"{FAMILY_NAMES[f]} ({c})" for c, f in FAMILIES.items())
+            f"{supported_models_text()}"
         )
-    return fam
-
-
-def _first_int(v: Any) -> int:
-    if isinstance(v, (list, tuple)):
-        return int(v[-1])
-    return int(v)
+    return adapter
 
 
 def shape_rules(pipe: Any) -> ShapeRules:
-    """Size constraints of a loaded pipeline, read from its VAE scale factors and the transformer's patch size."""
-    fam = detect_family(pipe)
-    cfg = pipe.transformer.config
-    if fam == "flux":
-        vae = int(getattr(pipe, "vae_scale_factor", 8))
-        return ShapeRules(fam, False, vae * 2)
-    ps = getattr(cfg, "patch_size", 2)
-    spatial_patch = _first_int(ps)
-    if fam == "hunyuan":
-        pt = int(getattr(cfg, "patch_size_t", 1) or 1)
-    else:
-        pt = int(ps[0]) if isinstance(ps, (list, tuple)) else 1
-    vs = int(getattr(pipe, "vae_scale_factor_spatial", 8))
-    vt = int(getattr(pipe, "vae_scale_factor_temporal", 4))
-    is_video = True
-    name = type(pipe).__name__
-    if fam == "cosmos" and "Text2Image" in name:
-        is_video = False
-    return ShapeRules(fam, is_video, vs * spatial_patch, vt, pt)
+    """Size constraints of a loaded pipeline, from its family adapter (VAE scale factors and patch size)."""
+    adapter = adapter_of(pipe)
+    f = adapter.size_factors(pipe)
+    return ShapeRules(adapter.family, f.is_video, f.spatial_multiple, f.temporal_factor, f.temporal_patch)
 
 
 @dataclass
@@ -225,20 +192,20 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
     dev = _resolve_device(device)
     t0 = time.perf_counter()
     if model is None or model == "tiny" or model.startswith("tiny:"):
-        from . import tiny
+        from .. import tiny
 
         family = tiny.TINY_DEFAULT if model in (None, "tiny") else model.split(":", 1)[1]
-        if family not in FAMILY_NAMES:
-            raise InputError(f"unknown tiny model family {family!r}; choose one of {', '.join(FAMILY_NAMES)}")
+        if family not in tiny.FAMILIES:
+            raise InputError(f"unknown tiny model family {family!r}; choose one of {', '.join(tiny.FAMILIES)}")
         tdtype = _resolve_dtype(dtype, "cpu") if dtype not in (None, "", "auto") else torch.float32
         pipe = tiny.tiny_pipeline(family=family, seed=0, dtype=tdtype)
         pipe.to(dev)
         defaults = dict(tiny.default_generation_kwargs(family))
-        fam = detect_family(pipe)
+        adapter = adapter_of(pipe)
         return LoadedModel(
             pipe=pipe,
-            family=fam,
-            label=f"{TINY_LABEL} ({FAMILY_NAMES[fam]})",
+            family=adapter.family,
+            label=f"{TINY_LABEL} ({adapter.display_name})",
             model_id=model,
             random_weights=True,
             rules=shape_rules(pipe),
@@ -264,20 +231,20 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
     except Exception as e:  # noqa: BLE001 - anything from the hub or the loader is reported on one line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load model {model!r}: {msg}") from None
-    fam = detect_family(pipe)
+    adapter = adapter_of(pipe)
     pipe.to(dev)
-    from .tiny import tiny_family
+    from ..tiny import tiny_family
 
     tiny_attr = tiny_family(pipe)
     return LoadedModel(
         pipe=pipe,
-        family=fam,
+        family=adapter.family,
         label=f"{model} ({TINY_LABEL})" if tiny_attr else model,
         model_id=model,
         random_weights=bool(tiny_attr),
         rules=shape_rules(pipe),
         default_kwargs={},
-        fps=TINY_FPS if tiny_attr else DEFAULT_FPS[fam],
+        fps=TINY_FPS if tiny_attr else adapter.default_fps,
         load_s=time.perf_counter() - t0,
         device=dev,
         dtype=str(tdtype).replace("torch.", ""),
@@ -331,7 +298,7 @@ def resolve_config(config: str | None, dense: bool = False) -> ResolvedConfig:
         return ResolvedConfig("dense", None, None)
     if config is None:
         raise InputError("no config given")
-    from .config import load_config
+    from ..patching.config import load_config
 
     cfg = load_config(config)  # ConfigError for an unknown preset, a missing file or invalid YAML
     name = Path(config).stem if (os.sep in config or config.endswith((".yaml", ".yml"))) else config
@@ -340,7 +307,7 @@ def resolve_config(config: str | None, dense: bool = False) -> ResolvedConfig:
 
 def default_config_for(lm: LoadedModel) -> str | None:
     """The name of the shipped preset for the model's family (None when there is none)."""
-    from .config import list_presets
+    from ..patching.config import list_presets
 
     cls = _transformer_class(lm.pipe)
     pipe_cls = type(lm.pipe).__name__
@@ -418,7 +385,7 @@ def versions() -> dict[str, str | None]:
         except md.PackageNotFoundError:
             out[pkg] = None
     if out["na_accel"] is None:  # running from a source tree that is not installed
-        from . import __version__
+        from .. import __version__
 
         out["na_accel"] = __version__
     return out

@@ -13,24 +13,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..quality.compare import attention_layer_errors, calibration_step_for, compare_runs, coverage_notes
+from ..quality.report import QualityReport, json_safe
+from ..quality.run import RunResult, run_pipeline
 from . import media
 from .generate import LoadedModel, ResolvedConfig, device_description, maybe_patched, now_iso, versions
-from .quality import (
-    QualityReport,
-    RunResult,
-    Thresholds,
-    attention_layer_errors,
-    calibration_step_for,
-    compare_runs,
-    coverage_notes,
-    json_safe,
-    run_pipeline,
-)
 
 __all__ = ["run_ab", "results_markdown", "plot_speed_quality"]
 
@@ -192,9 +185,7 @@ def run_ab(
 
     if warmup > 0:
         # enough steps to reach each config's first sparse step (kernel compilation, autotuning), no more
-        from .quality import dense_steps_of
-
-        wsteps = min(steps, 1 + max([dense_steps_of(c.config) for c in sparse], default=0))
+        wsteps = min(steps, 1 + max([c.config.dense_steps for c in sparse], default=0))
         wkw = dict(gen_kwargs, num_inference_steps=wsteps)
         for c in ordered:
             for _ in range(warmup):
@@ -234,7 +225,7 @@ def run_ab(
                 config=c.name,
                 prompt=prompt,
                 seed=s,
-                thresholds=Thresholds.from_config(c.config),
+                thresholds=c.config.quality,
                 attention=errors,
                 calibration_step=cal[c.name] if errors is not None else None,
                 random_weights=lm.random_weights,
@@ -261,7 +252,7 @@ def run_ab(
                 "source": c.source,
                 "description": getattr(cfg, "description", None) if cfg is not None else "dense attention",
                 "measured": _plain(getattr(cfg, "measured", None)) if cfg is not None else None,
-                "thresholds": json_safe(Thresholds.from_config(cfg).__dict__) if cfg is not None else None,
+                "thresholds": json_safe(dataclasses.asdict(cfg.quality)) if cfg is not None else None,
                 "aggregate": _aggregate(c.name, runs[c.name], reports.get(c.name), dense_total),
                 "per_prompt_timings": [
                     {"total_s": r.total_s, "step_s": r.step_s, "peak_mem_bytes": r.peak_mem_bytes}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ShapeError
+from ..errors import ShapeError
 
 IntOrTuple = int | Sequence[int]
 BoolOrTuple = bool | Sequence[bool]

@@ -32,6 +32,8 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
+from ..patching.families import FAMILIES as _ADAPTERS
+
 __all__ = [
     "FAMILIES",
     "TINY_DEFAULT",
@@ -43,7 +45,7 @@ __all__ = [
     "tiny_transformer",
 ]
 
-FAMILIES = ("hunyuan", "flux", "cosmos", "wan")
+FAMILIES: tuple[str, ...] = tuple(_ADAPTERS)
 TINY_DEFAULT = "hunyuan"
 TINY_LABEL = "tiny random-weight model"
 
@@ -156,14 +158,7 @@ def _transformer_config(family: str) -> dict[str, Any]:
 
 
 def _transformer_class(family: str):
-    import diffusers
-
-    return {
-        "hunyuan": diffusers.HunyuanVideoTransformer3DModel,
-        "flux": diffusers.FluxTransformer2DModel,
-        "cosmos": diffusers.CosmosTransformer3DModel,
-        "wan": diffusers.WanTransformer3DModel,
-    }[family]
+    return _ADAPTERS[family].model_type()
 
 
 def tiny_transformer(family: str, seed: int = 0, **overrides: Any) -> torch.nn.Module:
@@ -567,8 +562,8 @@ class TinySafetyChecker(ModelMixin, ConfigMixin):
 
     The real ``CosmosSafetyChecker`` needs the ``cosmos_guardrail`` package and large models; a tiny
     random-weight pipeline generates noise, so it gets this no-op checker. It saves and loads with the
-    pipeline (``model_index.json`` names ``na_accel.tiny.TinySafetyChecker``; diffusers only loads it if
-    ``na_accel.tiny`` has been imported, which building a tiny pipeline does)."""
+    pipeline (``model_index.json`` names this module; diffusers loads it only from an imported module, so
+    ``na-accel``'s loader imports the ``na_accel`` modules a ``model_index.json`` names before loading)."""
 
     config_name = "config.json"
 

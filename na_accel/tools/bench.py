@@ -1,9 +1,9 @@
 """End-to-end step benchmark: a real-size transformer with random weights, dense vs a config.
 
 Speed does not depend on the weights, so the transformer is built directly on the GPU in bf16 with the real
-model's configuration (``REAL_CONFIGS``), fed random inputs of the real shapes, and one denoising step (one
-transformer call) is timed dense and patched. On a CPU only the tiny transformer can be used (``tiny=True``),
-which exercises the code path but measures nothing meaningful.
+model's configuration (the family adapter's ``real_config``), fed random inputs of the real shapes, and one
+denoising step (one transformer call) is timed dense and patched. On a CPU only the tiny transformer can be used
+(``tiny=True``), which exercises the code path but measures nothing meaningful.
 """
 
 from __future__ import annotations
@@ -13,114 +13,27 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .generate import InputError
+from ..errors import InputError
+from ..patching.families import family_adapter
 
-__all__ = ["REAL_CONFIGS", "REAL_SIZES", "BenchCase", "build_transformer", "make_inputs", "run_bench"]
-
-# Transformer class and constructor arguments of the real models (diffusers 0.42.1 config.json values).
-REAL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    # hunyuanvideo-community/HunyuanVideo, 12.8B
-    "hunyuan": (
-        "HunyuanVideoTransformer3DModel",
-        dict(
-            in_channels=16,
-            out_channels=16,
-            num_attention_heads=24,
-            attention_head_dim=128,
-            num_layers=20,
-            num_single_layers=40,
-            num_refiner_layers=2,
-            mlp_ratio=4.0,
-            patch_size=2,
-            patch_size_t=1,
-            qk_norm="rms_norm",
-            guidance_embeds=True,
-            text_embed_dim=4096,
-            pooled_projection_dim=768,
-            rope_theta=256.0,
-            rope_axes_dim=(16, 56, 56),
-        ),
-    ),
-    # black-forest-labs/FLUX.1-dev, 11.9B
-    "flux": (
-        "FluxTransformer2DModel",
-        dict(
-            patch_size=1,
-            in_channels=64,
-            num_layers=19,
-            num_single_layers=38,
-            attention_head_dim=128,
-            num_attention_heads=24,
-            joint_attention_dim=4096,
-            pooled_projection_dim=768,
-            guidance_embeds=True,
-            axes_dims_rope=(16, 56, 56),
-        ),
-    ),
-    # nvidia/Cosmos-1.0-Diffusion-7B-Text2World, 7.2B
-    "cosmos": (
-        "CosmosTransformer3DModel",
-        dict(
-            in_channels=16,
-            out_channels=16,
-            num_attention_heads=32,
-            attention_head_dim=128,
-            num_layers=28,
-            mlp_ratio=4.0,
-            text_embed_dim=1024,
-            adaln_lora_dim=256,
-            max_size=(128, 240, 240),
-            patch_size=(1, 2, 2),
-            rope_scale=(2.0, 1.0, 1.0),
-            concat_padding_mask=True,
-            extra_pos_embed_type="learnable",
-        ),
-    ),
-    # Wan-AI/Wan2.1-T2V-14B-Diffusers, 14.3B
-    "wan": (
-        "WanTransformer3DModel",
-        dict(
-            patch_size=(1, 2, 2),
-            num_attention_heads=40,
-            attention_head_dim=128,
-            in_channels=16,
-            out_channels=16,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=13824,
-            num_layers=40,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            eps=1e-6,
-            image_dim=None,
-            added_kv_proj_dim=None,
-            rope_max_seq_len=1024,
-        ),
-    ),
-}
-
-# Usual generation size (height, width, frames), VAE factors (spatial, temporal) and text length per family.
-REAL_SIZES: dict[str, dict[str, Any]] = {
-    "hunyuan": dict(height=720, width=1280, frames=129, vae_spatial=8, vae_temporal=4, text_tokens=256),
-    "flux": dict(height=1024, width=1024, frames=1, vae_spatial=8, vae_temporal=1, text_tokens=512),
-    "cosmos": dict(height=704, width=1280, frames=121, vae_spatial=8, vae_temporal=8, text_tokens=512),
-    "wan": dict(height=720, width=1280, frames=81, vae_spatial=8, vae_temporal=4, text_tokens=512),
-}
-
-FAMILY_BY_CLASS = {cls: fam for fam, (cls, _) in REAL_CONFIGS.items()}
+__all__ = ["BenchCase", "build_transformer", "family_from", "make_case", "run_bench"]
 
 
 def family_from(family: str | None, model_class: str | None) -> str:
+    """The family to benchmark from ``--family`` / ``--model-class`` (default hunyuan)."""
+    from ..patching.families import FAMILIES, adapter_for_class
+
     if model_class:
-        if model_class in FAMILY_BY_CLASS:
-            fam = FAMILY_BY_CLASS[model_class]
-            if family and family != fam:
-                raise InputError(f"--model-class {model_class} is a {fam} model, not {family}")
-            return fam
-        raise InputError(f"unsupported model class {model_class!r}; choose one of {', '.join(FAMILY_BY_CLASS)}")
+        adapter = adapter_for_class(model_class)
+        if adapter is None:
+            classes = ", ".join(a.model_class for a in FAMILIES.values())
+            raise InputError(f"unsupported model class {model_class!r}; choose one of {classes}")
+        if family and family != adapter.family:
+            raise InputError(f"--model-class {model_class} is a {adapter.family} model, not {family}")
+        return adapter.family
     fam = family or "hunyuan"
-    if fam not in REAL_CONFIGS:
-        raise InputError(f"unknown family {fam!r}; choose one of {', '.join(REAL_CONFIGS)}")
+    if fam not in FAMILIES:
+        raise InputError(f"unknown family {fam!r}; choose one of {', '.join(FAMILIES)}")
     return fam
 
 
@@ -144,15 +57,12 @@ class BenchCase:
 
     @property
     def token_grid(self) -> tuple[int, ...]:
-        lat = self.latent_shape
-        if self.family == "flux":
-            return (lat[1] // 2, lat[2] // 2)
-        return (lat[1], lat[2] // 2, lat[3] // 2)
+        return family_adapter(self.family).real_token_grid(self.height, self.width, self.frames)
 
 
 def make_case(family: str, height: int | None, width: int | None, frames: int | None, tiny: bool) -> BenchCase:
     if tiny:
-        from .tiny import default_generation_kwargs
+        from ..tiny import default_generation_kwargs
 
         d = default_generation_kwargs(family)
         sizes = dict(
@@ -164,7 +74,7 @@ def make_case(family: str, height: int | None, width: int | None, frames: int | 
             text_tokens=d.get("max_sequence_length", 32),
         )
     else:
-        sizes = dict(REAL_SIZES[family])
+        sizes = dict(family_adapter(family).real_size)
     h = height if height is not None else sizes["height"]
     w = width if width is not None else sizes["width"]
     f = frames if frames is not None else sizes["frames"]
@@ -185,13 +95,13 @@ def build_transformer(family: str, tiny: bool, device: str, dtype: Any) -> Any:
     import torch
 
     if tiny:
-        from .tiny import tiny_transformer
+        from ..tiny import tiny_transformer
 
         return tiny_transformer(family).to(device=device, dtype=dtype).eval()
     import diffusers
 
-    cls_name, kwargs = REAL_CONFIGS[family]
-    kwargs = dict(kwargs)
+    adapter = family_adapter(family)
+    cls_name, kwargs = adapter.model_class, dict(adapter.real_config)
     if family == "cosmos" and kwargs.get("concat_padding_mask"):
         try:
             import torchvision  # noqa: F401
@@ -201,64 +111,6 @@ def build_transformer(family: str, tiny: bool, device: str, dtype: Any) -> Any:
     with torch.device(device):
         model = cls(**kwargs).to(dtype)
     return model.eval()
-
-
-def make_inputs(family: str, transformer: Any, case: BenchCase, device: str, dtype: Any, seed: int = 0) -> dict:
-    """Random transformer inputs of the right shapes for one conditional denoising step."""
-    import torch
-
-    g = torch.Generator(device="cpu").manual_seed(seed)
-
-    def rnd(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
-
-    cfg = transformer.config
-    lat = case.latent_shape
-    n_text = case.text_tokens
-    t = torch.tensor([500.0], device=device)
-    if family == "hunyuan":
-        mask = torch.ones(1, n_text, device=device, dtype=torch.bool)
-        return dict(
-            hidden_states=rnd(1, *lat),
-            timestep=t.to(dtype),
-            encoder_hidden_states=rnd(1, n_text, cfg.text_embed_dim),
-            encoder_attention_mask=mask,
-            pooled_projections=rnd(1, cfg.pooled_projection_dim),
-            guidance=torch.tensor([6000.0], device=device, dtype=dtype),
-            return_dict=False,
-        )
-    if family == "flux":
-        c, h, w = lat
-        img_ids = torch.zeros(h // 2, w // 2, 3)
-        img_ids[..., 1] += torch.arange(h // 2)[:, None]
-        img_ids[..., 2] += torch.arange(w // 2)[None, :]
-        return dict(
-            hidden_states=rnd(1, (h // 2) * (w // 2), cfg.in_channels),
-            encoder_hidden_states=rnd(1, n_text, cfg.joint_attention_dim),
-            pooled_projections=rnd(1, cfg.pooled_projection_dim),
-            timestep=(t / 1000).to(dtype),
-            img_ids=img_ids.reshape(-1, 3).to(device=device, dtype=dtype),
-            txt_ids=torch.zeros(n_text, 3, device=device, dtype=dtype),
-            guidance=torch.tensor([3.5], device=device, dtype=dtype) if cfg.guidance_embeds else None,
-            return_dict=False,
-        )
-    if family == "cosmos":
-        return dict(
-            hidden_states=rnd(1, *lat),
-            timestep=t.to(dtype),
-            encoder_hidden_states=rnd(1, n_text, cfg.text_embed_dim),
-            fps=30,
-            padding_mask=torch.zeros(1, 1, case.height, case.width, device=device, dtype=dtype),
-            return_dict=False,
-        )
-    if family == "wan":
-        return dict(
-            hidden_states=rnd(1, *lat),
-            timestep=t,
-            encoder_hidden_states=rnd(1, n_text, cfg.text_dim),
-            return_dict=False,
-        )
-    raise AssertionError(family)
 
 
 def _time(fn: Any, device: str, warmup: int, iters: int) -> list[float]:
@@ -302,14 +154,12 @@ def run_bench(
 
     import na_accel
 
-    from .quality import dense_steps_of
-
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     t0 = time.perf_counter()
     tr = build_transformer(family, case.tiny, device, dtype)
     build_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in tr.parameters())
-    inputs = make_inputs(family, tr, case, device, dtype)
+    inputs = family_adapter(family).example_inputs(tr, case.latent_shape, case.text_tokens, device, dtype)
     echo(
         f"built {type(tr).__name__} ({n_params / 1e9:.2f}B parameters, {str(dtype).replace('torch.', '')}) "
         f"on {device} in {build_s:.1f} s; token grid {case.token_grid}"
@@ -338,7 +188,7 @@ def run_bench(
     finally:
         handle.unpatch()
     d, p = statistics.median(dense), statistics.median(patched)
-    ds = min(dense_steps_of(config), total_steps)
+    ds = min(config.dense_steps, total_steps)
     proj_dense = total_steps * d
     proj_patched = ds * d + (total_steps - ds) * p
     return {
@@ -378,14 +228,14 @@ def run_bench(
 def _patch(na_accel: Any, tr: Any, config: Any) -> Any:
     """Patch the bare transformer with the config's windows on every step (the timed call is a sparse step;
     the dense steps enter only the projection)."""
-    from .quality import sparse_config
+    from ..quality.compare import sparse_config
 
     return na_accel.patch(tr, config=sparse_config(config))
 
 
 def plan_rows(handle: Any) -> list[dict[str, Any]] | None:
     """Per-layer plan of a patch handle as JSON-ready rows (None when the handle cannot say)."""
-    from .quality import json_safe
+    from ..quality.report import json_safe
 
     rows = getattr(handle, "layer_plans", None)
     if rows is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .dispatch import Backend, Problem
 from .semantics import GNAParams, grid_mask
 
 # Upper bound on the bytes of one chunk's score matrix (B x heads x chunk x keys, fp32).
@@ -101,3 +102,25 @@ def gna_reference(
             text_out[:, start : start + step] = o.to(query.dtype)
             text_lse[:, start : start + step] = s.float()
     return out, lse, text_out, text_lse
+
+
+class ReferenceBackend(Backend):
+    """:func:`gna_reference` as a backend: runs every problem, on any device."""
+
+    name = "reference"
+
+    def unavailable_reason(self, problem: Problem) -> str | None:
+        return None
+
+    def forward(self, problem: Problem) -> None:
+        p = problem
+        out, lse, text_out, text_lse = gna_reference(
+            p.query, p.key, p.value, p.params, p.scale, p.extra_key, p.extra_value, p.extra_lengths, p.text_query
+        )
+        p.out.copy_(out)
+        if p.lse is not None:
+            p.lse.copy_(lse)
+        if p.text_out is not None:
+            p.text_out.copy_(text_out)
+        if p.text_lse is not None:
+            p.text_lse.copy_(text_lse)

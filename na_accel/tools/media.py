@@ -172,7 +172,7 @@ def write_media(path_stem: str | os.PathLike, frames: Any, fps: int = 8) -> Path
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write strict JSON (inf/nan as strings), indented, atomically."""
-    from .quality import json_safe
+    from ..quality.report import json_safe
 
     path = Path(path)
     text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"

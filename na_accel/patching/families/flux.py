@@ -10,19 +10,63 @@ pipelines pass no attention mask; one given through ``joint_attention_kwargs`` m
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .runtime import Adapter, Layout, key_padding_lengths, mask_shape_reason
+from .base import Adapter, Layout, SizeFactors, key_padding_lengths, mask_shape_reason, random_tensor
 
 
 class FluxAdapter(Adapter):
     family = "flux"
+    display_name = "FLUX"
+    variants = "FLUX.1"
     model_class = "FluxTransformer2DModel"
     default_preset = "flux_fast"
     processor_classes = ("FluxAttnProcessor",)
     layer_regex = r"(transformer_blocks|single_transformer_blocks)\.\d+\.attn"
     grid_ndim = 2
     grid_axes = "(H, W)"
+    default_fps = 1
+    # black-forest-labs/FLUX.1-dev, 11.9B
+    real_config = dict(
+        patch_size=1,
+        in_channels=64,
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    )
+    real_size = dict(height=1024, width=1024, frames=1, vae_spatial=8, vae_temporal=1, text_tokens=512)
+
+    def size_factors(self, pipe):
+        # latents are packed 2 x 2 into tokens
+        return SizeFactors(False, int(getattr(pipe, "vae_scale_factor", 8)) * 2)
+
+    def real_token_grid(self, height, width, frames=1):
+        return SizeFactors(False, self.real_size["vae_spatial"] * 2).token_grid(height, width)
+
+    def example_inputs(self, transformer, latent_shape, text_tokens, device, dtype, seed=0) -> dict[str, Any]:
+        cfg = transformer.config
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        _, h, w = latent_shape
+        img_ids = torch.zeros(h // 2, w // 2, 3)
+        img_ids[..., 1] += torch.arange(h // 2)[:, None]
+        img_ids[..., 2] += torch.arange(w // 2)[None, :]
+        return dict(
+            hidden_states=random_tensor(g, (1, (h // 2) * (w // 2), cfg.in_channels), device, dtype),
+            encoder_hidden_states=random_tensor(g, (1, text_tokens, cfg.joint_attention_dim), device, dtype),
+            pooled_projections=random_tensor(g, (1, cfg.pooled_projection_dim), device, dtype),
+            timestep=torch.tensor([0.5], device=device).to(dtype),
+            img_ids=img_ids.reshape(-1, 3).to(device=device, dtype=dtype),
+            txt_ids=torch.zeros(text_tokens, 3, device=device, dtype=dtype),
+            guidance=torch.tensor([3.5], device=device, dtype=dtype) if cfg.guidance_embeds else None,
+            return_dict=False,
+        )
 
     def layout(self, model, args):
         hidden = args.get("hidden_states")

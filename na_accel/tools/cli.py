@@ -19,7 +19,7 @@ Files written (every file is written to a temporary name and moved into place):
   prompt_index, seed (= --seed + prompt index), height, width, frames, fps, steps, generation_kwargs,
   timings (total_s, step_s, mean_step_s, model_load_s), peak_gpu_mem_bytes (null off CUDA), versions
   (python, na_accel, torch, diffusers, triton, transformers), device, dtype, created, command.
-* ``ab``: see :mod:`na_accel.ab` (results.json, results.md, speed_vs_quality.png, outputs/, compare/).
+* ``ab``: see :mod:`na_accel.tools.ab` (results.json, results.md, speed_vs_quality.png, outputs/, compare/).
 * ``check --json``: model, random_weights, config, config_source, passed, device, versions, created, and
   reports (``QualityReport.to_dict()``: latent_rel_l2, latent_cosine, psnr_per_frame, psnr_mean,
   ssim_per_frame, ssim_mean, lpips_*, attention [{name, rel_l2}], calibration_step, thresholds, passed,
@@ -99,7 +99,7 @@ def _handle_errors() -> Iterator[None]:
     except (typer.Exit, typer.Abort, SystemExit, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001
-        from .errors import NAAccelError
+        from ..errors import NAAccelError
 
         if os.environ.get("NA_ACCEL_DEBUG"):
             raise
@@ -236,10 +236,10 @@ def _fits(lm: Any, rc: Any, kw: dict) -> None:
 
 
 def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out: Path, progress: bool) -> None:
+    from ..quality.run import run_pipeline
     from . import media
+    from .bench import plan_rows
     from .generate import command_line, device_description, maybe_patched, now_iso, versions
-    from .model_bench import plan_rows
-    from .quality import run_pipeline
 
     n = len(prompts)
     tag = f"__{lm.file_tag}" if lm.file_tag else ""
@@ -411,10 +411,9 @@ def check(
         rc = rc or _default_cfg(lm)
         kw = generation_kwargs(lm, height, width, frames, steps)
         _fits(lm, rc, kw)
-        from .quality import Thresholds, compare
+        from ..quality.compare import compare
 
-        thr = Thresholds.from_config(
-            rc.config,
+        thr = rc.config.quality.with_overrides(
             min_psnr=min_psnr,
             min_ssim=min_ssim,
             max_latent_rel_l2=max_latent_rel_l2,
@@ -496,7 +495,7 @@ def bench(
 ) -> None:
     """Per-step time of a real-size transformer (random weights, bf16, GPU): dense vs a config."""
     with _handle_errors():
-        from .model_bench import family_from, make_case
+        from .bench import family_from, make_case
 
         fam = family_from(family, model_class)
         if steps < 1 or warmup < 0 or total_steps < 1:
@@ -518,9 +517,10 @@ def bench(
         if config in ("dense", "none"):
             _fail("bench compares a config against dense; pass a preset or a YAML file")
         if config is None:
-            from .config import list_presets
+            from ..patching.config import list_presets
+            from ..patching.families import family_adapter
 
-            cls = model_class or __import__("na_accel.model_bench", fromlist=["REAL_CONFIGS"]).REAL_CONFIGS[fam][0]
+            cls = model_class or family_adapter(fam).model_class
             names = [p.name for p in list_presets() if getattr(p, "model", None) == cls]
             names = names or [p.name for p in list_presets() if p.name.startswith(fam)]
             if not names:
@@ -528,7 +528,7 @@ def bench(
             config = names[0]
         rc = resolve_config(config)
         _prepare_out(out)
-        from .model_bench import run_bench
+        from .bench import run_bench
 
         _quiet_libraries()
         rec = run_bench(
@@ -587,7 +587,7 @@ def presets(
 ) -> None:
     """List the shipped presets and what each was measured to give."""
     with _handle_errors():
-        from .config import list_presets
+        from ..patching.config import list_presets
 
         items = list(list_presets())
         rows = []

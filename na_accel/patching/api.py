@@ -17,7 +17,6 @@ near t = 1000 round to one value).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import weakref
 from collections.abc import Iterator
@@ -25,9 +24,11 @@ from typing import Any
 
 import torch
 
+from ..errors import AlreadyPatchedError, ConfigError, UnsupportedModelError
 from .config import NAConfig, load_config
-from .errors import ConfigError, NAAccelError, UnsupportedModelError
-from .patches import StepTracker, TransformerPatch, adapter_for, supported_models_text
+from .families import adapter_for, supported_models_text
+from .hooks import SchedulerHook, TransformerPatch
+from .plan import StepTracker
 
 __all__ = ["AlreadyPatchedError", "PatchHandle", "is_patched", "patch", "patched", "unpatch"]
 
@@ -37,10 +38,6 @@ _TRANSFORMER_ATTRS = ("transformer", "transformer_2")
 
 # transformer module -> the handle that patched it
 _PATCHES: weakref.WeakKeyDictionary[torch.nn.Module, PatchHandle] = weakref.WeakKeyDictionary()
-
-
-class AlreadyPatchedError(NAAccelError, RuntimeError):
-    """The model is already patched by na_accel."""
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -66,36 +63,11 @@ def _targets(obj: Any) -> tuple[list[tuple[str, torch.nn.Module]], Any]:
     return found, obj
 
 
-class _SchedulerHook:
-    """Wraps ``scheduler.set_timesteps`` on the instance so every generation restarts the step count."""
-
-    def __init__(self, scheduler, tracker: StepTracker) -> None:
-        self.scheduler = scheduler
-        self.had_instance_attr = "set_timesteps" in vars(scheduler)
-        self.original = scheduler.set_timesteps
-
-        @functools.wraps(self.original)
-        def set_timesteps(*args, **kwargs):
-            tracker.new_generation()
-            return self.original(*args, **kwargs)
-
-        self.wrapper = set_timesteps
-        scheduler.set_timesteps = set_timesteps
-
-    def remove(self) -> None:
-        if vars(self.scheduler).get("set_timesteps") is not self.wrapper:
-            return
-        if self.had_instance_attr:
-            self.scheduler.set_timesteps = self.original
-        else:
-            del self.scheduler.set_timesteps
-
-
 class PatchHandle:
     """What :func:`patch` installed. Use :meth:`summary` to see the per-layer plan, :meth:`unpatch` to undo."""
 
     def __init__(self, target: Any, patches: list[TransformerPatch], config: NAConfig, tracker: StepTracker,
-                 scheduler_hook: _SchedulerHook | None) -> None:  # fmt: skip
+                 scheduler_hook: SchedulerHook | None) -> None:  # fmt: skip
         self._target = weakref.ref(target) if _weakrefable(target) else (lambda: target)
         self._patches = patches
         self.config = config
@@ -252,7 +224,7 @@ def patch(obj: Any, config: NAConfig | dict | str | None = None) -> PatchHandle:
             tracker.scheduler_source = lambda: getattr(pipe_ref(), "scheduler", None)
             scheduler = getattr(pipeline, "scheduler", None)
             if scheduler is not None and callable(getattr(scheduler, "set_timesteps", None)):
-                scheduler_hook = _SchedulerHook(scheduler, tracker)
+                scheduler_hook = SchedulerHook(scheduler, tracker)
     except BaseException:
         for tp in patches:
             tp.remove()

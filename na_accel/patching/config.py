@@ -36,7 +36,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..ops.semantics import GNAParams, make_params
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -134,24 +135,37 @@ class WindowSpec:
             out_k.append(k)
             out_s.append(s)
             out_d.append(d)
-        return ResolvedWindow(grid, tuple(out_k), tuple(out_s), tuple(out_d), tuple(bool(c) for c in cz), tuple(notes))
+        params = make_params(grid, tuple(out_k), tuple(out_s), tuple(out_d), tuple(bool(c) for c in cz))
+        return ResolvedWindow(params, tuple(notes))
 
 
 @dataclass(frozen=True)
 class ResolvedWindow:
-    """A window resolved for one token grid: all integers, ``kernel_size * dilation <= grid``, stride <= kernel."""
+    """A window resolved for one token grid: validated GNA parameters (``params.is_dense`` when every query sees
+    the whole grid) and what was clamped to fit (``notes``)."""
 
-    grid: tuple[int, ...]
-    kernel_size: tuple[int, ...]
-    stride: tuple[int, ...]
-    dilation: tuple[int, ...]
-    is_causal: tuple[bool, ...]
+    params: GNAParams
     notes: tuple[str, ...] = ()
 
     @property
-    def covers_grid(self) -> bool:
-        """True when every query sees the whole grid (dense attention)."""
-        return all(k == n and not c for k, n, c in zip(self.kernel_size, self.grid, self.is_causal, strict=True))
+    def grid(self) -> tuple[int, ...]:
+        return self.params.grid
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return self.params.kernel_size
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        return self.params.stride
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        return self.params.dilation
+
+    @property
+    def is_causal(self) -> tuple[bool, ...]:
+        return self.params.is_causal
 
     def describe(self) -> str:
         def t(v):
@@ -202,10 +216,17 @@ class LayerRule:
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    min_psnr: float = 25.0
-    min_ssim: float = 0.85
-    max_latent_rel_l2: float = 0.2
-    min_latent_cosine: float = 0.97
+    """Pass conditions of the quality gate (``na-accel check``, :func:`na_accel.quality.compare`); ``None`` means
+    the metric is reported but not checked."""
+
+    min_psnr: float | None = 25.0
+    min_ssim: float | None = 0.85
+    max_latent_rel_l2: float | None = 0.2
+    min_latent_cosine: float | None = 0.97
+
+    def with_overrides(self, **overrides: float | None) -> QualityThresholds:
+        """A copy with the given (non-None) values replaced, e.g. from command-line options."""
+        return replace(self, **{k: float(v) for k, v in overrides.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -308,7 +329,7 @@ class NAConfig:
             layers.append(entry)
         out["layers"] = layers
         q = self.quality
-        out["quality"] = {k: getattr(q, k) for k in _QUALITY_KEYS}
+        out["quality"] = {k: getattr(q, k) for k in _QUALITY_KEYS if getattr(q, k) is not None}
         return out
 
 

@@ -8,12 +8,13 @@ All of them go through one ``torch.library`` custom op, ``na_accel::gna``, which
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 
-from .backends import Problem, select_backend
-from .errors import ShapeError
+from ..errors import ShapeError
+from .dispatch import Problem, select_backend
 from .semantics import BoolOrTuple, GNAParams, IntOrTuple, make_params
 
 __all__ = ["na1d", "na2d", "na3d", "na_flat", "na_joint"]
@@ -138,15 +139,15 @@ def _check_lengths(lengths, batch: int, num_extra: int, device, name: str) -> No
             )
 
 
-def _check_extras(query, extra_keys, extra_values, extra_lengths) -> None:
-    if (extra_keys is None) != (extra_values is None):
-        raise ShapeError("extra_keys and extra_values must be given together (both or neither).")
-    if extra_keys is None:
-        if extra_lengths is not None:
-            raise ShapeError("extra_lengths was given without extra_keys/extra_values.")
+def _check_extras(query, additional_keys, additional_values, additional_lengths) -> None:
+    if (additional_keys is None) != (additional_values is None):
+        raise ShapeError("additional_keys and additional_values must be given together (both or neither).")
+    if additional_keys is None:
+        if additional_lengths is not None:
+            raise ShapeError("additional_lengths was given without additional_keys/additional_values.")
         return
     b, h, d = query.shape[0], query.shape[-2], query.shape[-1]
-    for name, t in (("extra_keys", extra_keys), ("extra_values", extra_values)):
+    for name, t in (("additional_keys", additional_keys), ("additional_values", additional_values)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ShapeError(f"{name} must be a tensor of shape [B, S, heads, D] = [{b}, S, {h}, {d}], got {shape}.")
@@ -157,13 +158,37 @@ def _check_extras(query, extra_keys, extra_values, extra_lengths) -> None:
                 f"{name} must match query's dtype and device ({query.dtype}, {query.device}), "
                 f"got {t.dtype}, {t.device}."
             )
-    if extra_keys.shape != extra_values.shape:
+    if additional_keys.shape != additional_values.shape:
         raise ShapeError(
-            f"extra_keys and extra_values must have the same shape, got {tuple(extra_keys.shape)} and "
-            f"{tuple(extra_values.shape)}."
+            f"additional_keys and additional_values must have the same shape, got {tuple(additional_keys.shape)} and "
+            f"{tuple(additional_values.shape)}."
         )
-    if extra_lengths is not None:
-        _check_lengths(extra_lengths, b, extra_keys.shape[1], query.device, "extra_lengths")
+    if additional_lengths is not None:
+        _check_lengths(additional_lengths, b, additional_keys.shape[1], query.device, "additional_lengths")
+
+
+def _renamed(additional_keys, additional_values, additional_lengths, extra_keys, extra_values, extra_lengths):
+    """Map the deprecated ``extra_*`` keyword names onto NATTEN's ``additional_*`` names (one warning per call)."""
+    old = {"extra_keys": extra_keys, "extra_values": extra_values, "extra_lengths": extra_lengths}
+    given = [name for name, v in old.items() if v is not None]
+    if not given:
+        return additional_keys, additional_values, additional_lengths
+    new = {"extra_keys": additional_keys, "extra_values": additional_values, "extra_lengths": additional_lengths}
+    both = [name for name in given if new[name] is not None]
+    if both:
+        raise ShapeError(
+            f"{', '.join(both)} and {', '.join(n.replace('extra', 'additional') for n in both)} were both given; "
+            "use only the additional_* names (NATTEN's)."
+        )
+    warnings.warn(
+        f"{', '.join(given)} are deprecated; use NATTEN's names "
+        f"{', '.join(n.replace('extra', 'additional') for n in given)}.",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    return (additional_keys if extra_keys is None else extra_keys,
+            additional_values if extra_values is None else extra_values,
+            additional_lengths if extra_lengths is None else extra_lengths)  # fmt: skip
 
 
 def _check_backend(backend) -> None:
@@ -207,11 +232,15 @@ def na_flat(
     dilation: IntOrTuple = 1,
     is_causal: BoolOrTuple = False,
     scale: float | None = None,
+    additional_keys: torch.Tensor | None = None,
+    additional_values: torch.Tensor | None = None,
+    additional_lengths: torch.Tensor | None = None,
+    backend: str = "auto",
+    return_lse: bool = False,
+    *,
     extra_keys: torch.Tensor | None = None,
     extra_values: torch.Tensor | None = None,
     extra_lengths: torch.Tensor | None = None,
-    backend: str = "auto",
-    return_lse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Neighborhood attention on flattened tokens ``[B, N, heads, D]`` in raster order of ``grid_shape``.
 
@@ -228,9 +257,12 @@ def na_flat(
             f"query has {query.shape[1]} tokens but grid_shape {params.grid} holds {params.num_tokens}; "
             "N must equal the product of grid_shape."
         )
-    _check_extras(query, extra_keys, extra_values, extra_lengths)
-    return _call(query, key, value, params, scale, extra_keys, extra_values, extra_lengths, 0, 0, 0, backend,
-                 return_lse)  # fmt: skip
+    additional_keys, additional_values, additional_lengths = _renamed(
+        additional_keys, additional_values, additional_lengths, extra_keys, extra_values, extra_lengths
+    )
+    _check_extras(query, additional_keys, additional_values, additional_lengths)
+    return _call(query, key, value, params, scale, additional_keys, additional_values, additional_lengths, 0, 0, 0,
+                 backend, return_lse)  # fmt: skip
 
 
 def na_joint(
@@ -276,14 +308,15 @@ def na_joint(
                  return_lse)  # fmt: skip
 
 
-def _na_nd(ndim, query, key, value, kernel_size, stride, dilation, is_causal, scale, extra_keys, extra_values,
-           extra_lengths, backend, return_lse):  # fmt: skip
+def _na_nd(ndim, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+           additional_values, additional_lengths, backend, return_lse, deprecated):  # fmt: skip
     layout = "[B, " + ", ".join({1: "L", 2: "HW", 3: "THW"}[ndim]) + ", heads, D]"
     _check_qkv(query, key, value, ndim + 3, layout)
     grid = tuple(query.shape[1 : 1 + ndim])
     flat = [t.reshape(t.shape[0], -1, t.shape[-2], t.shape[-1]) for t in (query, key, value)]
-    res = na_flat(*flat, grid, kernel_size, stride, dilation, is_causal, scale, extra_keys, extra_values,
-                  extra_lengths, backend, return_lse)  # fmt: skip
+    additional = _renamed(additional_keys, additional_values, additional_lengths, *deprecated)
+    res = na_flat(*flat, grid, kernel_size, stride, dilation, is_causal, scale, *additional, backend,
+                  return_lse)  # fmt: skip
     if return_lse:
         out, lse = res
         return out.view(query.shape), lse.view(query.shape[:-1])
@@ -299,35 +332,46 @@ _ND_DOC = """{n}-D neighborhood attention (GNA) on ``[B, {axes}, heads, D]`` ten
         dilation: per-axis dilation; kernel_size * dilation must not exceed the axis length.
         is_causal: per-axis causal masking.
         scale: softmax scale, default ``D ** -0.5``.
-        extra_keys, extra_values: ``[B, S, heads, D]`` keys/values every query attends to.
-        extra_lengths: int ``[B]``; only the first ``extra_lengths[b]`` extra keys are valid in batch ``b``.
+        additional_keys, additional_values: ``[B, S, heads, D]`` keys/values every query attends to (NATTEN's
+            names; the old names ``extra_keys`` / ``extra_values`` still work and warn).
+        additional_lengths: int ``[B]``; only the first ``additional_lengths[b]`` additional keys are valid in batch
+            ``b`` (old name ``extra_lengths``).
         backend: ``"auto"``, ``"sdpa"`` (dense problems only), ``"triton"``, ``"flex"`` or ``"reference"``.
         return_lse: also return the fp32 natural-log logsumexp ``[B, {axes}, heads]``.
     """
 
 
-def na1d(query, key, value, kernel_size: IntOrTuple, stride: IntOrTuple = 1, dilation: IntOrTuple = 1,
-         is_causal: BoolOrTuple = False, scale: float | None = None, extra_keys: torch.Tensor | None = None,
-         extra_values: torch.Tensor | None = None, extra_lengths: torch.Tensor | None = None, backend: str = "auto",
-         return_lse: bool = False):  # fmt: skip
-    return _na_nd(1, query, key, value, kernel_size, stride, dilation, is_causal, scale, extra_keys, extra_values,
-                  extra_lengths, backend, return_lse)  # fmt: skip
+def na1d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
+         stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False, scale: float | None = None,
+         additional_keys: torch.Tensor | None = None, additional_values: torch.Tensor | None = None,
+         additional_lengths: torch.Tensor | None = None, backend: str = "auto", return_lse: bool = False, *,
+         extra_keys: torch.Tensor | None = None, extra_values: torch.Tensor | None = None,
+         extra_lengths: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    return _na_nd(1, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+                  additional_values, additional_lengths, backend, return_lse,
+                  (extra_keys, extra_values, extra_lengths))  # fmt: skip
 
 
-def na2d(query, key, value, kernel_size: IntOrTuple, stride: IntOrTuple = 1, dilation: IntOrTuple = 1,
-         is_causal: BoolOrTuple = False, scale: float | None = None, extra_keys: torch.Tensor | None = None,
-         extra_values: torch.Tensor | None = None, extra_lengths: torch.Tensor | None = None, backend: str = "auto",
-         return_lse: bool = False):  # fmt: skip
-    return _na_nd(2, query, key, value, kernel_size, stride, dilation, is_causal, scale, extra_keys, extra_values,
-                  extra_lengths, backend, return_lse)  # fmt: skip
+def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
+         stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False, scale: float | None = None,
+         additional_keys: torch.Tensor | None = None, additional_values: torch.Tensor | None = None,
+         additional_lengths: torch.Tensor | None = None, backend: str = "auto", return_lse: bool = False, *,
+         extra_keys: torch.Tensor | None = None, extra_values: torch.Tensor | None = None,
+         extra_lengths: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    return _na_nd(2, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+                  additional_values, additional_lengths, backend, return_lse,
+                  (extra_keys, extra_values, extra_lengths))  # fmt: skip
 
 
-def na3d(query, key, value, kernel_size: IntOrTuple, stride: IntOrTuple = 1, dilation: IntOrTuple = 1,
-         is_causal: BoolOrTuple = False, scale: float | None = None, extra_keys: torch.Tensor | None = None,
-         extra_values: torch.Tensor | None = None, extra_lengths: torch.Tensor | None = None, backend: str = "auto",
-         return_lse: bool = False):  # fmt: skip
-    return _na_nd(3, query, key, value, kernel_size, stride, dilation, is_causal, scale, extra_keys, extra_values,
-                  extra_lengths, backend, return_lse)  # fmt: skip
+def na3d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
+         stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False, scale: float | None = None,
+         additional_keys: torch.Tensor | None = None, additional_values: torch.Tensor | None = None,
+         additional_lengths: torch.Tensor | None = None, backend: str = "auto", return_lse: bool = False, *,
+         extra_keys: torch.Tensor | None = None, extra_values: torch.Tensor | None = None,
+         extra_lengths: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    return _na_nd(3, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+                  additional_values, additional_lengths, backend, return_lse,
+                  (extra_keys, extra_values, extra_lengths))  # fmt: skip
 
 
 na1d.__doc__ = _ND_DOC.format(n=1, axes="L")

@@ -1,0 +1,85 @@
+"""The ``triton`` backend: the fused kernels of :mod:`na_accel.kernels` (Gluon on Hopper where it applies, Triton
+otherwise and for the dense text queries).
+
+Off CUDA the kernels run only in a process started with ``TRITON_INTERPRET=1`` (the Triton interpreter; see
+:data:`na_accel.kernels.INTERPRETED`). Importing this module raises ImportError when Triton is not installed, which
+the dispatcher reports as "backend not available".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from ..kernels import INTERPRETED, gna_fwd
+from .dispatch import Backend, Problem
+
+logger = logging.getLogger("na_accel")
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+# Triton's launch grid: axis 1 of every kernel is batch * heads, at most 65535 programs.
+MAX_BATCH_HEADS = 65535
+
+
+def gluon_reason(problem: Problem) -> str | None:
+    """Why the warp-specialised Gluon kernel (Hopper) does not take ``problem``'s grid queries, or None if it does.
+
+    ``NA_ACCEL_GLUON=0`` (read at every call) turns it off; the Triton kernel then runs everything.
+    """
+    if os.environ.get("NA_ACCEL_GLUON", "1") == "0":
+        return "turned off by NA_ACCEL_GLUON=0"
+    if not problem.query.is_cuda:
+        return "it needs CUDA tensors"
+    try:
+        from ..kernels import gna_gluon
+    except Exception as exc:  # pragma: no cover - depends on the Triton install
+        return f"the Gluon kernel does not import here ({type(exc).__name__}: {exc})"
+    return gna_gluon.unsupported_reason(problem)
+
+
+class TritonBackend(Backend):
+    name = "triton"
+
+    #: which kernel ran the grid queries of the last call: "gluon" or "triton" (diagnostics, benchmarks)
+    last_path: str | None = None
+
+    def unavailable_reason(self, problem: Problem) -> str | None:
+        q = problem.query
+        if not q.is_cuda and not INTERPRETED:
+            if os.environ.get("TRITON_INTERPRET", "0") == "1":
+                return "TRITON_INTERPRET=1 was set after Triton was imported; set it before the process starts"
+            return "the Triton kernels need CUDA tensors (or a process started with TRITON_INTERPRET=1)"
+        if q.dtype not in _SUPPORTED_DTYPES:
+            return f"the Triton kernels take float16, bfloat16 or float32, got {q.dtype}"
+        head_dim = q.shape[-1]
+        if head_dim > MAX_HEAD_DIM:
+            return f"the Triton kernels take head dims up to {MAX_HEAD_DIM}, got {head_dim}"
+        batch_heads = q.shape[0] * q.shape[2]
+        if batch_heads > MAX_BATCH_HEADS:
+            return f"batch * heads must be at most {MAX_BATCH_HEADS} for the Triton launch grid, got {batch_heads}"
+        tensors = [problem.key, problem.value, problem.out]
+        tensors += [t for t in (problem.extra_key, problem.extra_value, problem.text_query) if t is not None]
+        if any(t.device != q.device for t in tensors):
+            return "all tensors must be on one device"
+        return None
+
+    def forward(self, problem: Problem) -> None:
+        q = problem.query
+        if not q.is_cuda:
+            self.last_path = "triton"
+            gna_fwd.gna_forward(problem)
+            return
+        with torch.cuda.device(q.device):
+            reason = gluon_reason(problem)
+            if reason is None:
+                from ..kernels.gna_gluon import gna_forward_gluon
+
+                self.last_path = "gluon"
+                gna_forward_gluon(problem)
+                gna_fwd.gna_forward(problem, grid_queries=False)  # dense text queries, if any
+            else:
+                logger.debug("na_accel triton: Gluon kernel not used: %s", reason)
+                self.last_path = "triton"
+                gna_fwd.gna_forward(problem)

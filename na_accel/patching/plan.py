@@ -1,0 +1,227 @@
+"""Per-generation and per-layer planning: the denoising-step counter, the plan of one forward call, and each
+planned layer's window for the current grid together with its attention call (GNA or a decline)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..ops.functional import na_flat, na_joint
+from ..ops.semantics import GNAParams
+from .config import LayerRule, ResolvedWindow, WindowSpec
+from .families.base import Layout, key_padding_lengths, mask_shape_reason
+from .intercept import bind_dispatch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .hooks import TransformerPatch
+
+logger = logging.getLogger("na_accel")
+
+# --------------------------------------------------------------------------------------------------------------
+# Step tracking
+# --------------------------------------------------------------------------------------------------------------
+
+
+class StepTracker:
+    """Counts denoising steps within one generation (shared by the transformers of one patch).
+
+    A forward is in the same step as the previous one when both its timestep and, if a pipeline was patched, its
+    scheduler's ``step_index`` are unchanged: the cond / uncond passes of a step (and Wan 2.2's second expert, which
+    shares the tracker) get the same plan. Otherwise it is the next step. A new generation (step 0) starts on the
+    first forward, after ``scheduler.set_timesteps`` (hooked when a pipeline is patched) or
+    :meth:`new_generation`, when the scheduler's ``step_index`` returns to None (``set_timesteps`` resets it), or
+    when the timestep increases. The scheduler index matters for low-precision timesteps: HunyuanVideo's pipeline
+    passes bf16 timesteps, and consecutive steps near t = 1000 round to the same value.
+    """
+
+    def __init__(self) -> None:
+        self.last_t: float | None = None
+        self.last_index: int | None = None
+        self.step: int | None = None
+        self.generation = 0
+        self.scheduler_source = None  # callable returning the pipeline's current scheduler (or None)
+        self._pending = True
+
+    def new_generation(self) -> None:
+        self._pending = True
+
+    def _scheduler_index(self) -> int | None:
+        scheduler = self.scheduler_source() if self.scheduler_source is not None else None
+        index = getattr(scheduler, "step_index", None) if scheduler is not None else None
+        return index if isinstance(index, int) else None
+
+    def observe(self, t: float | None) -> int | None:
+        index = self._scheduler_index()
+        if t is None and index is None and self.scheduler_source is None:
+            return None
+        restart = (
+            self._pending
+            or self.step is None
+            or (index is None and self.last_index is not None)
+            or (t is not None and self.last_t is not None and t > self.last_t)
+        )
+        if restart:
+            self.step = 0
+            self.generation += 1
+            self._pending = False
+        elif t != self.last_t or index != self.last_index:
+            self.step += 1
+        self.last_t, self.last_index = t, index
+        return self.step
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-forward plan, per-layer and per-transformer state
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ForwardPlan:
+    """What the pre-hook decided for the current forward call (shared by every layer)."""
+
+    layout: Layout | None
+    step: int | None
+    dense_reason: str | None  # every layer dense in this forward (dense step, unrecognised input, ...)
+    dense: bool = False  # dense_reason is not None (a bool, so torch.compile guards do not change every step)
+    mask_cache: tuple | None = None  # (mask tensor, text lengths or a fallback reason string)
+
+
+@dataclass
+class LayerStats:
+    sparse: int = 0
+    dense: int = 0
+    fallback: int = 0
+    last_fallback: str | None = None
+
+
+class LayerPatch:
+    """One planned attention module: its rule, its window for the current grid, and its wrapper."""
+
+    def __init__(self, owner: TransformerPatch, name: str, module, rule: LayerRule | None, window: WindowSpec | None,
+                 static_reason: str | None) -> None:  # fmt: skip
+        self.owner = owner
+        self.name = name
+        self.module = module
+        self.rule = rule
+        self.window = window  # None: dense by rule (or not patchable)
+        self.static_reason = static_reason  # why this layer is never patched (None if it is)
+        self.original = None  # the original processor object while patched
+        self.wrapper = None
+        self.module_name: str | None = None  # module whose dispatch_attention_fn the processor calls
+        self._resolved: dict[tuple[int, ...], ResolvedWindow] = {}
+        self.resolved: ResolvedWindow | None = None  # for the last seen grid
+        self.params: GNAParams | None = None  # GNA params for the current grid; None: dense
+        self.reason: str | None = static_reason  # why params is None
+        self.stats = LayerStats()
+
+    # ---- planning (eager, in the pre-hook) --------------------------------------------------------------------
+
+    def prepare(self, grid: tuple[int, ...]) -> None:
+        if self.static_reason is not None:
+            return
+        resolved = self._resolved.get(grid)
+        if resolved is None:
+            where = f"{self.owner.config.source}: layer {self.name!r}"
+            resolved = self.window.resolve(grid, where=where)
+            self._resolved[grid] = resolved
+            for note in resolved.notes:
+                logger.debug("na_accel: %s: %s", where, note)
+        self.resolved = resolved
+        if resolved.params.is_dense:
+            clamped = f" ({'; '.join(resolved.notes)})" if resolved.notes else ""
+            self.params, self.reason = None, f"window covers the whole grid{clamped}: dense attention"
+        else:
+            self.params, self.reason = resolved.params, None
+
+    # ---- the attention call ------------------------------------------------------------------------------------
+
+    def _decline(self, reason: str):
+        """Fall back to the original attention call for an unrecognised situation."""
+        if not torch.compiler.is_compiling():
+            self.stats.fallback += 1
+            self.stats.last_fallback = reason
+            logger.debug("na_accel: %s falls back to dense attention: %s", self.name, reason)
+        return None
+
+    def _dense(self):
+        """Planned dense (dense step, dense window, unrecognised forward); the reason is in the plan / layer."""
+        if not torch.compiler.is_compiling():
+            self.stats.dense += 1
+        return None
+
+    def attend(self, args: tuple, kwargs: dict):
+        """GNA output for this dispatch_attention_fn call, or None to let the original function answer it."""
+        plan = self.owner.plan
+        if plan is None:
+            return self._decline("no plan: the transformer's forward pre-hook did not run for this call")
+        if plan.dense or self.params is None:
+            return self._dense()
+        try:
+            q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs, parallel_config = bind_dispatch(
+                *args, **kwargs
+            )
+        except TypeError as exc:
+            return self._decline(f"unexpected dispatch_attention_fn arguments ({exc})")
+        if parallel_config is not None:
+            return self._decline("a parallel (context-parallel) config is set")
+        if dropout_p:
+            return self._decline(f"dropout_p={dropout_p}")
+        if is_causal:
+            return self._decline("is_causal=True")
+        if enable_gqa:
+            return self._decline("enable_gqa=True")
+        if attention_kwargs:
+            return self._decline(f"attention_kwargs {sorted(attention_kwargs)}")
+        if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+            return self._decline("query/key/value are not tensors")
+        if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+            return self._decline(
+                f"query/key/value shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)} differ or are not "
+                "[B, S, heads, D]"
+            )
+        if not q.is_floating_point() or q.dtype != k.dtype or q.dtype != v.dtype:
+            return self._decline(f"dtypes {q.dtype}, {k.dtype}, {v.dtype}")
+        layout = plan.layout
+        if q.shape[1] != layout.seq_len:
+            return self._decline(f"sequence length {q.shape[1]} is not {layout.describe()} = {layout.seq_len} tokens")
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return self._decline("autograd is recording (na_accel attention is forward-only)")
+        lengths = None
+        if mask is not None:
+            lengths = self._text_lengths(mask, plan, q)
+            if isinstance(lengths, str):
+                return self._decline(lengths)
+        p = self.params
+        backend = self.window.backend
+        if layout.num_text:
+            out = na_joint(q, k, v, layout.grid, layout.num_text, kernel_size=p.kernel_size, stride=p.stride,
+                           dilation=p.dilation, is_causal=p.is_causal, scale=scale, text_first=layout.text_first,
+                           text_lengths=lengths, backend=backend)  # fmt: skip
+        else:
+            out = na_flat(q, k, v, layout.grid, kernel_size=p.kernel_size, stride=p.stride, dilation=p.dilation,
+                          is_causal=p.is_causal, scale=scale, backend=backend)  # fmt: skip
+        if not torch.compiler.is_compiling():
+            self.stats.sparse += 1
+        return out
+
+    @staticmethod
+    def _text_lengths(mask, plan: ForwardPlan, q: torch.Tensor):
+        """Per-batch valid text lengths from a key-padding mask, None if all are valid, or a fallback reason."""
+        layout = plan.layout
+        reason = mask_shape_reason(mask, layout, q.shape[0], q.device)
+        if reason is not None:
+            return reason
+        if torch.compiler.is_compiling():
+            # The structure check needs a host sync. Under torch.compile the mask is taken to be what diffusers
+            # builds (HunyuanVideo: valid grid keys and a valid text prefix, by construction) or what the forward
+            # pre-hook verified (Flux's joint_attention_kwargs mask); the lengths come from the mask itself.
+            return mask[:, 0, 0, layout.text_slice].sum(dim=-1, dtype=torch.int32)
+        cached = plan.mask_cache
+        if cached is not None and cached[0] is mask:
+            return cached[1]
+        result = key_padding_lengths(mask, layout)
+        plan.mask_cache = (mask, result)
+        return result
