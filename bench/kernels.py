@@ -223,9 +223,8 @@ def run_case(name: str, args) -> dict:
 
 def _sweep(name, params, x, n_text, args) -> list:
     """Time each fixed candidate config of the kernel (kernel path only, no text)."""
-    from na_accel.ops.dispatch import Problem
-
     from na_accel.kernels import gna_forward, kernel_module
+    from na_accel.ops.dispatch import Problem
 
     mod = kernel_module(False)
     n = params.num_tokens
@@ -262,9 +261,8 @@ TEXT_CONFIGS = [(64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (128, 64, 8, 3
 
 def _text_sweep(name, params, x, n_text) -> list:
     """Time the text-query path alone (Triton text kernel + split combine) for each of TEXT_CONFIGS."""
-    from na_accel.ops.dispatch import Problem
-
     from na_accel.kernels import gna_forward
+    from na_accel.ops.dispatch import Problem
 
     n = params.num_tokens
     q, k, v = (y[:, :n] for y in x)
@@ -284,7 +282,8 @@ def _markdown(records: list, meta: dict) -> str:
         f"# Kernel benchmark: {meta['gpu']} ({meta['gpu_name']}), torch {meta['torch']}, triton {meta['triton']}, "
         f"{meta['date']}",
         "",
-        "bf16, batch 1, head dim 128. Ours through `na_accel.ops.functional` (everything included); Flex kernel only on "
+        "bf16, batch 1, head dim 128. Ours through `na_accel.ops.functional` (everything included); Flex kernel "
+        "only on "
         "tiled inputs; cuDNN dense SDPA. Speedups are ratios within this run.",
         "",
         "| case | grid | kernel | stride | heads | text | ours ms | cuDNN ms | Flex ms | vs cuDNN | vs Flex "

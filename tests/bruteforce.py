@@ -1,6 +1,7 @@
 """Independent brute-force ground truth for GNA tests.
 
-Written from the formulas of DESIGN.md section 2 (NATTEN's definition) with plain Python loops over coordinates.
+Written from the formulas of NATTEN's definition (restated in `na_accel/ops/semantics.py`) with plain Python loops
+over coordinates.
 It deliberately does NOT import ``na_accel.semantics`` (or anything else from na_accel), so that a bug there cannot
 hide in both the code under test and its oracle.
 
@@ -23,7 +24,7 @@ import torch
 
 
 def axis_attends(x: int, y: int, length: int, k: int, s: int, d: int, causal: bool) -> bool:
-    """Does query coordinate ``x`` attend to key coordinate ``y`` on one axis (DESIGN.md section 2)?
+    """Does query coordinate ``x`` attend to key coordinate ``y`` on one axis (NATTEN's definition)?
 
     ``k == -1`` means the whole axis.
     """

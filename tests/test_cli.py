@@ -80,7 +80,7 @@ def test_cli_module_imports_no_diffusers():
     code = (
         "import sys, na_accel\n"
         "torch_from_pkg = 'torch' in sys.modules\n"
-        "import na_accel.cli\n"
+        "import na_accel.tools.cli\n"
         "print('diffusers' in sys.modules, 'torch' in sys.modules, torch_from_pkg)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -343,12 +343,18 @@ def test_bench_real_size_refuses_on_cpu(tmp_path):
 
 
 def test_bench_real_configs_are_real_size():
-    from na_accel.model_bench import REAL_CONFIGS
+    """The family adapters hold the real models' configurations (the benchmark builds them on the GPU)."""
+    from na_accel.patching.families import FAMILIES
 
-    assert set(REAL_CONFIGS) == {"hunyuan", "flux", "cosmos", "wan"}
-    cls, kw = REAL_CONFIGS["hunyuan"]
-    assert cls == "HunyuanVideoTransformer3DModel" and kw["num_layers"] == 20 and kw["num_single_layers"] == 40
-    assert REAL_CONFIGS["wan"][1]["num_attention_heads"] == 40 and REAL_CONFIGS["wan"][1]["num_layers"] == 40
+    assert set(FAMILIES) == {"hunyuan", "flux", "cosmos", "wan"}
+    hun = FAMILIES["hunyuan"]
+    assert hun.model_class == "HunyuanVideoTransformer3DModel"
+    assert hun.real_config["num_layers"] == 20 and hun.real_config["num_single_layers"] == 40
+    assert FAMILIES["wan"].real_config["num_attention_heads"] == 40 and FAMILIES["wan"].real_config["num_layers"] == 40
+    assert hun.real_token_grid(720, 1280, 129) == (33, 45, 80)
+    assert FAMILIES["flux"].real_token_grid(1024, 1024, 1) == (64, 64)
+    assert FAMILIES["cosmos"].real_token_grid(704, 1280, 121) == (16, 44, 80)
+    assert FAMILIES["wan"].real_token_grid(720, 1280, 81) == (21, 45, 80)
 
 
 def test_presets():

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from na_accel import tiny
 from na_accel.tiny import (
     FAMILIES,
     TINY_DEFAULT,
@@ -15,6 +14,7 @@ from na_accel.tiny import (
     tiny_pipeline,
     tiny_transformer,
 )
+from na_accel.tiny import random_weights as tiny
 
 PROMPT = "a cat walks on the grass, realistic"
 VIDEO = ("hunyuan", "cosmos", "wan")

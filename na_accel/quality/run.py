@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 __all__ = ["RunResult", "frames_from_output", "run_pipeline"]
 
+
+@dataclass
 class RunResult:
     """One pipeline run: decoded frames [F, C, H, W] float32 in [0, 1] (F = 1 for an image), final latents,
     timing, and optionally the transformer inputs of one denoising step (for the attention calibration)."""
