@@ -223,7 +223,7 @@ def _words() -> list[str]:
     return _WORDS.split()
 
 
-def _corpus_lines() -> list[str]:
+def _corpus_lines(words: list[str]) -> list[str]:
     """Training text: every vocabulary word (bare, capitalised, after a space) and HunyuanVideo's prompt
     template with its special tokens removed, so the template tokenizes to whole words."""
     import re
@@ -232,7 +232,6 @@ def _corpus_lines() -> list[str]:
 
     template = DEFAULT_PROMPT_TEMPLATE["template"]
     pieces = re.split("|".join(re.escape(s) for s in _LLAMA_SPECIALS) + r"|\{\}", template)
-    words = _words()
     lines = [p for p in pieces if p]
     lines += [" ".join(words), " ".join(w.capitalize() for w in words), "".join(words[:1]) + " " + " ".join(_SYMBOLS)]
     lines += words
@@ -251,7 +250,8 @@ def _llama3_pre_tokenizer():
 
 
 def _train_bpe(
-    specials: list[str], pre_tokenizer, lowercase: bool = False, end_of_word_suffix: str = ""
+    specials: list[str], pre_tokenizer, lowercase: bool = False, end_of_word_suffix: str = "",
+    words: list[str] | None = None,
 ) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Train a byte-level BPE over :func:`_corpus_lines` until every word is a single token.
 
@@ -264,7 +264,7 @@ def _train_bpe(
     from tokenizers import pre_tokenizers
 
     words: Counter[str] = Counter()
-    for line in _corpus_lines():
+    for line in _corpus_lines(words or _words()):
         text = line.lower() if lowercase else line
         words.update(chunk for chunk, _ in pre_tokenizer.pre_tokenize_str(text))
     keys = sorted(words)
@@ -326,7 +326,7 @@ def _train_bpe(
     return vocab, merges
 
 
-def _llama_tokenizer():
+def _llama_tokenizer(words: list[str] | None = None):
     """A Llama-3-style byte-level BPE tokenizer (``PreTrainedTokenizerFast``, as HunyuanVideo's real one).
 
     HunyuanVideo's prompt template is a whole-word vocabulary here, so its system prefix tokenizes to exactly
@@ -335,7 +335,7 @@ def _llama_tokenizer():
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab, merges = _train_bpe(_LLAMA_SPECIALS, pre_tokenizer=_llama3_pre_tokenizer())
+    vocab, merges = _train_bpe(_LLAMA_SPECIALS, pre_tokenizer=_llama3_pre_tokenizer(), words=words)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = _llama3_pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
@@ -356,13 +356,14 @@ def _llama_tokenizer():
     )
 
 
-def _clip_tokenizer():
+def _clip_tokenizer(words: list[str] | None = None):
     """A ``CLIPTokenizer`` (byte-level BPE with ``</w>`` word ends) trained over the tiny vocabulary."""
     from transformers import CLIPTokenizer
 
     specials = ["<|startoftext|>", "<|endoftext|>"]
     pre_tokenizer = CLIPTokenizer().backend_tokenizer.pre_tokenizer
-    vocab, merges = _train_bpe(specials, pre_tokenizer=pre_tokenizer, lowercase=True, end_of_word_suffix="</w>")
+    vocab, merges = _train_bpe(specials, pre_tokenizer=pre_tokenizer, lowercase=True, end_of_word_suffix="</w>",
+                               words=words)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 

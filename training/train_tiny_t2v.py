@@ -1,0 +1,488 @@
+"""Train the embedded text-to-video model: a small HunyuanVideo pipeline (real diffusers classes) on procedural clips.
+
+Everything that shapes the result is in ``training/tiny_t2v.yaml`` (sizes, seeds, schedules); the clips and captions
+come from :mod:`na_accel.tiny.world` (deterministic from their seeds). Stages, run in order (``--stages``):
+
+* ``vae``: render ``vae_clips`` short clips, train ``AutoencoderKLHunyuanVideo`` (MSE + L1 + a small KL term), and
+  set its ``scaling_factor`` so that scaled latents have unit standard deviation;
+* ``latents``: render ``train_clips`` clips at the full size and encode them once with the trained VAE;
+* ``transformer``: train ``HunyuanVideoTransformer3DModel`` together with the Llama and CLIP text encoders (their
+  tokenizers are trained in code over the caption vocabulary) with the rectified-flow objective of
+  ``FlowMatchEulerDiscreteScheduler`` (x_t = (1 - s) x_0 + s e, target e - x_0, s shifted like the scheduler's
+  inference grid) and caption dropout for classifier-free guidance; an exponential moving average of the weights
+  is what gets saved;
+* ``save``: ``HunyuanVideoPipeline.save_pretrained`` (fp16 safetensors) of the EMA weights into ``OUT/pipeline``;
+* ``eval``: load it with ``HunyuanVideoPipeline.from_pretrained``, generate the held-out ``eval`` prompts, and score
+  prompt adherence with :mod:`na_accel.tiny.detect`.
+
+Checkpoints (``OUT/ckpt/*.pt``: fp32 weights and EMA, no optimizer state) are written after every stage and every
+``--checkpoint-every`` seconds of transformer training, so a run that is cut off (10-minute GPU calls) resumes with
+``--resume OUT``. The training curve and every stage's numbers go to ``OUT/train_log.json``.
+
+Usage (the GPU run; see bench/NOTES.md for the calls that produced the shipped model)::
+
+    python training/train_tiny_t2v.py --out /tmp/t2v --stages vae,latents,transformer,save,eval
+    python training/train_tiny_t2v.py --smoke --out /tmp/t2v_smoke      # CPU: every stage at toy size
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from na_accel.tiny import world  # noqa: E402
+from na_accel.tiny.random_weights import _clip_tokenizer, _llama_tokenizer  # noqa: E402
+
+STAGES = ("vae", "latents", "transformer", "save", "eval")
+VAE_SEED0, TRAIN_SEED0, EVAL_SEED0 = 2_000_000, 1_000_000, 3_000_000
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Config and logging
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_cfg(path: Path, smoke: bool) -> dict[str, Any]:
+    cfg = yaml.safe_load(path.read_text())
+    if smoke:  # every stage at toy size, a few seconds each on a CPU
+        cfg["data"].update(frames=9, height=64, width=64, train_clips=16, vae_clips=8, vae_frames=5, workers=2)
+        cfg["train"]["vae"].update(steps=3, batch=2, time_budget_s=60)
+        cfg["train"]["transformer"].update(batch=2, warmup=2, time_budget_s=60, max_steps=3)
+        cfg["generation"]["num_inference_steps"] = 2
+    return cfg
+
+
+class Log:
+    """``OUT/train_log.json``: config, environment, per-stage results and the training curves."""
+
+    def __init__(self, out: Path, cfg: dict, resume: bool) -> None:
+        self.path = out / "train_log.json"
+        if resume and self.path.exists():
+            self.data = json.loads(self.path.read_text())
+        else:
+            self.data = {"config": cfg, "runs": [], "stages": {}, "curves": {"vae": [], "transformer": []}}
+        self.data["runs"].append({"started": now(), "environment": environment()})
+        self.write()
+
+    def stage(self, name: str, **values: Any) -> None:
+        self.data["stages"].setdefault(name, {}).update(values)
+        self.write()
+
+    def curve(self, name: str, row: dict) -> None:
+        self.data["curves"][name].append(row)
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def environment() -> dict[str, Any]:
+    import diffusers
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+           "transformers": transformers.__version__, "numpy": np.__version__, "cpu_count": os.cpu_count()}  # fmt: skip
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The pipeline's components
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_components(cfg: dict) -> dict[str, Any]:
+    """Untrained components of the pipeline (deterministic from ``cfg['seed']``)."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    m = cfg["model"]
+    words = world.vocabulary()
+    tokenizer, tokenizer_2 = _llama_tokenizer(words), _clip_tokenizer(words)
+    torch.manual_seed(cfg["seed"])
+    text_encoder = LlamaModel(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=m["text_dim"], intermediate_size=2 * m["text_dim"],
+        num_hidden_layers=m["text_layers"], num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))  # fmt: skip
+    text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer_2), hidden_size=m["clip_dim"], intermediate_size=2 * m["clip_dim"],
+        projection_dim=m["clip_dim"], num_hidden_layers=m["clip_layers"], num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
+        pad_token_id=tokenizer_2.pad_token_id,
+    ))  # fmt: skip
+    transformer = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=m["latent_channels"], out_channels=m["latent_channels"], num_attention_heads=m["heads"],
+        attention_head_dim=m["head_dim"], num_layers=m["double_blocks"], num_single_layers=m["single_blocks"],
+        num_refiner_layers=m["refiner_blocks"], mlp_ratio=m["mlp_ratio"], patch_size=1, patch_size_t=1,
+        qk_norm="rms_norm", guidance_embeds=False, text_embed_dim=m["text_dim"], pooled_projection_dim=m["clip_dim"],
+        rope_theta=256.0, rope_axes_dim=tuple(m["rope_axes_dim"]),
+    )  # fmt: skip
+    transformer.register_to_config(_na_accel_model="tiny-t2v")
+    ch = tuple(m["vae_channels"])
+    vae = diffusers.AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=m["latent_channels"], block_out_channels=ch,
+        layers_per_block=1, norm_num_groups=min(ch), spatial_compression_ratio=8, temporal_compression_ratio=4,
+        mid_block_add_attention=True,
+    )  # fmt: skip
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=m["scheduler_shift"])
+    return dict(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)  # fmt: skip
+
+
+TRAINED = ("vae", "transformer", "text_encoder", "text_encoder_2")
+
+
+def save_ckpt(out: Path, comps: dict, ema: dict | None, state: dict) -> None:
+    """fp32 weights per component (each file well under 16 MiB), EMA weights, and the training state."""
+    d = out / "ckpt"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in TRAINED:
+        torch.save(comps[name].state_dict(), d / f"{name}.pt.tmp")
+        os.replace(d / f"{name}.pt.tmp", d / f"{name}.pt")
+    if ema is not None:
+        torch.save({k: m.state_dict() for k, m in ema.items()}, d / "ema.pt.tmp")
+        os.replace(d / "ema.pt.tmp", d / "ema.pt")
+    (d / "state.json").write_text(json.dumps(state))
+
+
+def load_ckpt(out: Path, comps: dict) -> tuple[dict | None, dict]:
+    d = out / "ckpt"
+    if not (d / "state.json").exists():
+        return None, {}
+    for name in TRAINED:
+        if (d / f"{name}.pt").exists():
+            comps[name].load_state_dict(torch.load(d / f"{name}.pt", map_location="cpu"))
+    ema = None
+    if (d / "ema.pt").exists():
+        saved = torch.load(d / "ema.pt", map_location="cpu")
+        ema = {}
+        for k, sd in saved.items():
+            ema[k] = copy.deepcopy(comps[k])
+            ema[k].load_state_dict(sd)
+    return ema, json.loads((d / "state.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Clips
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _render(job: tuple[int, str, int, int, int]) -> tuple[bytes, str]:
+    seed, split, frames, height, width = job
+    video, caption, _scene = world.make_clip(seed, split=split, frames=frames, height=height, width=width)
+    return video.tobytes(), caption
+
+
+def clips(seeds: range, split: str, frames: int, height: int, width: int, workers: int, chunk: int = 256):
+    """Yield (uint8 tensor [n, T, H, W, 3], captions) chunks of rendered clips, rendered by ``workers`` processes."""
+    jobs = [(s, split, frames, height, width) for s in seeds]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        for start in range(0, len(jobs), chunk):
+            part = pool.map(_render, jobs[start : start + chunk], chunksize=8)
+            arr = np.stack([np.frombuffer(b, np.uint8).reshape(frames, height, width, 3) for b, _ in part])
+            yield torch.from_numpy(arr), [c for _, c in part]
+
+
+def to_vae_input(video: torch.Tensor, device) -> torch.Tensor:
+    """uint8 [n, T, H, W, 3] -> float [n, 3, T, H, W] in [-1, 1] (what the VAE was trained on)."""
+    return video.to(device).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------------------
+
+
+def stage_vae(cfg: dict, comps: dict, dev, log: Log) -> None:
+    d, t = cfg["data"], cfg["train"]["vae"]
+    vae = comps["vae"].to(dev).train()
+    say(f"vae: rendering {d['vae_clips']} clips of {d['vae_frames']} frames")
+    data = torch.cat([v for v, _ in clips(range(VAE_SEED0, VAE_SEED0 + d["vae_clips"]), "train", d["vae_frames"],
+                                          d["height"], d["width"], d["workers"])])  # fmt: skip
+    opt = torch.optim.AdamW(vae.parameters(), lr=t["lr"], weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg["seed"] + 1)
+    t0, step = time.time(), 0
+    while step < t["steps"] and time.time() - t0 < t["time_budget_s"]:
+        lr = t["lr"] * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / t["steps"]))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(data), (t["batch"],), generator=g)
+        x = to_vae_input(data[idx], dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample
+        rec = rec.float()
+        mse = torch.nn.functional.mse_loss(rec, x)
+        l1 = (rec - x).abs().mean()
+        kl = post.kl().mean() / x[0].numel()
+        loss = mse + 0.5 * l1 + t["kl_weight"] * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == t["steps"] - 1:
+            psnr = float(10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)))
+            log.curve("vae", {"step": step, "t": round(time.time() - t0, 1), "mse": float(mse), "l1": float(l1),
+                              "kl": float(kl), "psnr": psnr, "lr": lr})  # fmt: skip
+            say(f"vae step {step}: mse {float(mse):.5f} psnr {psnr:.2f} dB kl {float(kl):.3f}")
+        step += 1
+    vae.eval()
+    # scaling factor: scaled latents (posterior means) have unit standard deviation
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        zs = [vae.encode(to_vae_input(data[i : i + 32], dev)).latent_dist.mode().float() for i in range(0, 256, 32)]
+        z = torch.cat(zs)
+        rec = vae.decode(z[:8]).sample.float()
+    std = float(z.std())
+    vae.register_to_config(scaling_factor=1.0 / std)
+    ref = to_vae_input(data[:8], dev)
+    psnr = float(10 * torch.log10(4.0 / torch.nn.functional.mse_loss(rec, ref)))
+    log.stage("vae", steps=step, seconds=round(time.time() - t0, 1), latent_std=std, scaling_factor=1.0 / std,
+              latent_mean=float(z.mean()), recon_psnr_db=psnr)  # fmt: skip
+    say(f"vae: {step} steps, latent std {std:.3f}, reconstruction PSNR {psnr:.2f} dB")
+
+
+def stage_latents(cfg: dict, comps: dict, dev) -> tuple[torch.Tensor, list[str]]:
+    d = cfg["data"]
+    vae = comps["vae"].to(dev).eval()
+    sf = vae.config.scaling_factor
+    out, caps = [], []
+    t0 = time.time()
+    for video, captions in clips(range(TRAIN_SEED0, TRAIN_SEED0 + d["train_clips"]), "train", d["frames"],
+                                 d["height"], d["width"], d["workers"]):  # fmt: skip
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            for i in range(0, len(video), 32):
+                z = vae.encode(to_vae_input(video[i : i + 32], dev)).latent_dist.mode()
+                out.append((z.float() * sf).to(torch.float16))
+        caps += captions
+        if len(caps) % 4096 < len(captions):
+            say(f"latents: {len(caps)} / {d['train_clips']} ({time.time() - t0:.0f} s)")
+    lat = torch.cat(out)
+    say(f"latents: {tuple(lat.shape)}, std {float(lat.float().std()):.3f}, {time.time() - t0:.0f} s")
+    return lat, caps
+
+
+def make_pipe(comps: dict):
+    from diffusers import HunyuanVideoPipeline
+
+    return HunyuanVideoPipeline(**comps)
+
+
+def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat: torch.Tensor, caps: list[str],
+                      dev, log: Log, out: Path, checkpoint_every: float) -> dict:  # fmt: skip
+    t = cfg["train"]["transformer"]
+    m = cfg["model"]
+    shift = m["scheduler_shift"]
+    pipe = make_pipe(comps)
+    pipe.to(dev)
+    modules = {k: comps[k] for k in ("transformer", "text_encoder", "text_encoder_2")}
+    for mod in modules.values():
+        mod.train()
+    if ema is None:
+        ema = {k: copy.deepcopy(mod).eval().requires_grad_(False) for k, mod in modules.items()}
+    for mod in ema.values():
+        mod.to(dev)
+    params = [p for mod in modules.values() for p in mod.parameters()]
+    opt = torch.optim.AdamW(params, lr=t["lr"], betas=(0.9, 0.99), weight_decay=t["weight_decay"])
+    step0 = state.get("transformer_step", 0)
+    g = torch.Generator().manual_seed(cfg["seed"] + 2 + step0)
+    n = len(caps)
+    t0 = last_ckpt = time.time()
+    step = step0
+    guidance = torch.full((t["batch"],), cfg["generation"]["guidance_scale"] * 1000.0, device=dev)
+    losses: list[float] = []
+    while step - step0 < t["max_steps"] and time.time() - t0 < t["time_budget_s"]:
+        warm = min(1.0, (step - step0 + 1) / t["warmup"])
+        for group in opt.param_groups:
+            group["lr"] = t["lr"] * warm
+        idx = torch.randint(n, (t["batch"],), generator=g)
+        x0 = lat[idx.to(lat.device)].to(dev).float()
+        drop = torch.rand(t["batch"], generator=g) < t["caption_dropout"]
+        prompts = ["" if dr else caps[i] for i, dr in zip(idx.tolist(), drop.tolist())]
+        u = torch.rand(t["batch"], generator=g).to(dev)
+        sigma = shift * u / (1 + (shift - 1) * u)
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            pe, pooled, mask = pipe.encode_prompt(prompt=prompts, device=dev, max_sequence_length=m["max_text_tokens"])
+            v = comps["transformer"](hidden_states=xt, timestep=sigma * 1000.0, encoder_hidden_states=pe,
+                                     encoder_attention_mask=mask.to(pe.dtype), pooled_projections=pooled,
+                                     guidance=guidance, return_dict=False)[0]  # fmt: skip
+        loss = torch.nn.functional.mse_loss(v.float(), noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(params, t["grad_clip"])
+        opt.step()
+        decay = min(t["ema"], (1 + step - step0) / (10 + step - step0))
+        with torch.no_grad():
+            for k, mod in modules.items():
+                for pe_, pm in zip(ema[k].parameters(), mod.parameters(), strict=True):
+                    pe_.lerp_(pm.detach(), 1 - decay)
+        losses.append(float(loss))
+        step += 1
+        if step % 50 == 0:
+            el = time.time() - t0
+            row = {"step": step, "t": round(el, 1), "loss": sum(losses) / len(losses), "grad_norm": float(gn),
+                   "lr": t["lr"] * warm, "samples_per_s": (step - step0) * t["batch"] / el}  # fmt: skip
+            log.curve("transformer", row)
+            say(f"step {step}: loss {row['loss']:.4f} grad {row['grad_norm']:.2f} "
+                f"{row['samples_per_s']:.0f} samples/s")  # fmt: skip
+            losses = []
+        if time.time() - last_ckpt > checkpoint_every:
+            save_ckpt(out, comps, ema, dict(state, transformer_step=step))
+            log.write()
+            last_ckpt = time.time()
+    state = dict(state, transformer_step=step)
+    prev = log.data["stages"].get("transformer", {})
+    log.stage("transformer", steps=step, seconds=round(prev.get("seconds", 0) + time.time() - t0, 1),
+              samples=step * t["batch"])  # fmt: skip
+    save_ckpt(out, comps, ema, state)
+    return ema
+
+
+def stage_save(cfg: dict, comps: dict, ema: dict, out: Path, log: Log) -> Path:
+    final = dict(comps)
+    for k, mod in ema.items():
+        final[k] = mod
+    pipe = make_pipe({k: (v.to("cpu") if isinstance(v, torch.nn.Module) else v) for k, v in final.items()})
+    pipe.to(dtype=torch.float16)
+    path = out / "pipeline"
+    pipe.save_pretrained(path, safe_serialization=True)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    gen = dict(cfg["generation"], height=cfg["data"]["height"], width=cfg["data"]["width"],
+               num_frames=cfg["data"]["frames"], max_sequence_length=cfg["model"]["max_text_tokens"])  # fmt: skip
+    (path / "na_accel_generation.json").write_text(json.dumps(gen, indent=1) + "\n")
+    log.stage("save", path=str(path), bytes=size)
+    say(f"saved the pipeline to {path} ({size / 2**20:.1f} MiB)")
+    return path
+
+
+def stage_eval(cfg: dict, path: Path, dev, log: Log, out: Path, count: int, batch: int) -> None:
+    """Dense generations of the held-out eval prompts, scored by the detector."""
+    from diffusers import HunyuanVideoPipeline
+
+    from na_accel.tiny import detect
+
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    pipe = HunyuanVideoPipeline.from_pretrained(path, torch_dtype=dtype).to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    gen = json.loads((path / "na_accel_generation.json").read_text())
+    scenes, captions = [], []
+    for i in range(count):
+        scene = world.sample_scene(EVAL_SEED0 + i, split="eval")
+        scenes.append(scene)
+        captions.append(world.caption(scene, EVAL_SEED0 + i))
+    rows, t0 = [], time.time()
+    samples = []
+    for start in range(0, count, batch):
+        prompts = captions[start : start + batch]
+        gens = [torch.Generator("cpu").manual_seed(EVAL_SEED0 + start + j) for j in range(len(prompts))]
+        with torch.no_grad():
+            frames = pipe(prompt=prompts, negative_prompt=[gen["negative_prompt"]] * len(prompts), generator=gens,
+                          output_type="np", **{k: v for k, v in gen.items() if k != "negative_prompt"}).frames
+        for j, video in enumerate(frames):
+            u8 = (np.clip(video, 0, 1) * 255).round().astype(np.uint8)
+            det = detect.detect(u8)
+            score = detect.adherence(scenes[start + j], det)
+            rows.append({"prompt": prompts[j], "scene": scenes[start + j].to_dict(), "adherence": score,
+                         "coherence": detect.temporal_coherence(u8)})  # fmt: skip
+            if len(samples) < 4:
+                samples.append(u8)
+        say(f"eval: {len(rows)} / {count} ({time.time() - t0:.0f} s)")
+    summary = detect.summarize([r["adherence"] for r in rows])
+    summary["temporal_coherence_mean"] = float(np.mean([r["coherence"] for r in rows]))
+    summary["clips"] = count
+    summary["seconds"] = round(time.time() - t0, 1)
+    log.stage("eval", **summary)
+    (out / "eval.json").write_text(json.dumps({"summary": summary, "clips": rows}, indent=1))
+    strip = np.concatenate([np.concatenate(list(v[:: max(1, len(v) // 8)][:8]), axis=1) for v in samples], axis=0)
+    import imageio.v2 as imageio
+
+    imageio.imwrite(out / "eval_samples.png", strip)
+    say(f"eval: {json.dumps(summary)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "training" / "tiny_t2v.yaml")
+    ap.add_argument("--out", type=Path, required=True, help="run directory: checkpoints, log, pipeline")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/ckpt (weights; optimizer restarts)")
+    ap.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between transformer checkpoints")
+    ap.add_argument("--transformer-seconds", type=float, default=None, help="override the transformer time budget")
+    ap.add_argument("--eval-count", type=int, default=64)
+    ap.add_argument("--eval-batch", type=int, default=16)
+    ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (checks every stage end to end)")
+    args = ap.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        ap.error(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
+    cfg = load_cfg(args.config, args.smoke)
+    if args.transformer_seconds is not None:
+        cfg["train"]["transformer"]["time_budget_s"] = args.transformer_seconds
+    args.out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    log = Log(args.out, cfg, args.resume)
+    comps = build_components(cfg)
+    ema, state = load_ckpt(args.out, comps) if args.resume else (None, {})
+    say(f"device {dev}; stages {stages}; resumed at {state or 'start'}")
+    if "vae" in stages:
+        stage_vae(cfg, comps, dev, log)
+        state["vae_done"] = True
+        save_ckpt(args.out, comps, ema, state)
+    if "latents" in stages or "transformer" in stages:
+        lat, caps = stage_latents(cfg, comps, dev)
+        if "transformer" in stages:
+            ema = stage_transformer(cfg, comps, ema, state, lat, caps, dev, log, args.out, args.checkpoint_every)
+        del lat
+    path = args.out / "pipeline"
+    if "save" in stages:
+        if ema is None:
+            raise SystemExit("save: no EMA weights (run the transformer stage or --resume a run that has one)")
+        path = stage_save(cfg, comps, ema, args.out, log)
+    if "eval" in stages:
+        stage_eval(cfg, path, dev, log, args.out, args.eval_count if not args.smoke else 2, args.eval_batch)
+    log.data["runs"][-1]["finished"] = now()
+    log.write()
+
+
+if __name__ == "__main__":
+    main()
