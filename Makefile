@@ -24,7 +24,7 @@ demo: setup
 # Two pytest steps: Triton decides at import whether kernels are compiled or interpreted, so the interpreter tests
 # (marker `interpreter`) run in their own process with TRITON_INTERPRET=1.
 test: setup
-	$(BIN)/ruff check na_accel tests bench examples
+	$(BIN)/ruff check na_accel tests bench examples training
 	$(BIN)/python -m pytest -q -m "not interpreter"
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m interpreter
 

@@ -159,37 +159,41 @@ def build_components(cfg: dict) -> dict[str, Any]:
                 scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)  # fmt: skip
 
 
-TRAINED = ("vae", "transformer", "text_encoder", "text_encoder_2")
+LEARNED = ("transformer", "text_encoder", "text_encoder_2")  # trained together in the transformer stage
 
 
-def save_ckpt(out: Path, comps: dict, ema: dict | None, state: dict) -> None:
-    """fp32 weights per component (each file well under 16 MiB), EMA weights, and the training state."""
+def save_ckpt(out: Path, comps: dict, ema: dict | None, state: dict, log: Log) -> None:
+    """``OUT/ckpt``: ``vae.pt`` (fp32), ``live.pt`` (the transformer stage's live weights, bf16: enough to go on
+    training), ``ema.pt`` (their moving average, fp32: what gets saved), each under 16 MiB; the training state goes
+    into the log. No optimizer state: a resumed run restarts AdamW with a short warm-up."""
     d = out / "ckpt"
     d.mkdir(parents=True, exist_ok=True)
-    for name in TRAINED:
-        torch.save(comps[name].state_dict(), d / f"{name}.pt.tmp")
-        os.replace(d / f"{name}.pt.tmp", d / f"{name}.pt")
+    blobs = {"vae.pt": comps["vae"].state_dict(),
+             "live.pt": {k: {n: t.to(torch.bfloat16) for n, t in comps[k].state_dict().items()} for k in LEARNED}}
     if ema is not None:
-        torch.save({k: m.state_dict() for k, m in ema.items()}, d / "ema.pt.tmp")
-        os.replace(d / "ema.pt.tmp", d / "ema.pt")
-    (d / "state.json").write_text(json.dumps(state))
+        blobs["ema.pt"] = {k: m.state_dict() for k, m in ema.items()}
+    for name, blob in blobs.items():
+        torch.save(blob, d / f"{name}.tmp")
+        os.replace(d / f"{name}.tmp", d / name)
+    log.data["state"] = state
+    log.write()
 
 
-def load_ckpt(out: Path, comps: dict) -> tuple[dict | None, dict]:
+def load_ckpt(out: Path, comps: dict, log: Log) -> tuple[dict | None, dict]:
     d = out / "ckpt"
-    if not (d / "state.json").exists():
-        return None, {}
-    for name in TRAINED:
-        if (d / f"{name}.pt").exists():
-            comps[name].load_state_dict(torch.load(d / f"{name}.pt", map_location="cpu"))
+    state = dict(log.data.get("state", {}))
+    if (d / "vae.pt").exists():
+        comps["vae"].load_state_dict(torch.load(d / "vae.pt", map_location="cpu"))
+    if (d / "live.pt").exists():
+        for k, sd in torch.load(d / "live.pt", map_location="cpu").items():
+            comps[k].load_state_dict({n: t.float() for n, t in sd.items()})
     ema = None
     if (d / "ema.pt").exists():
-        saved = torch.load(d / "ema.pt", map_location="cpu")
         ema = {}
-        for k, sd in saved.items():
+        for k, sd in torch.load(d / "ema.pt", map_location="cpu").items():
             ema[k] = copy.deepcopy(comps[k])
             ema[k].load_state_dict(sd)
-    return ema, json.loads((d / "state.json").read_text())
+    return ema, state
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -253,14 +257,15 @@ def stage_vae(cfg: dict, comps: dict, dev, log: Log) -> None:
         opt.step()
         if step % 50 == 0 or step == t["steps"] - 1:
             psnr = float(10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)))
-            log.curve("vae", {"step": step, "t": round(time.time() - t0, 1), "mse": float(mse), "l1": float(l1),
-                              "kl": float(kl), "psnr": psnr, "lr": lr})  # fmt: skip
-            say(f"vae step {step}: mse {float(mse):.5f} psnr {psnr:.2f} dB kl {float(kl):.3f}")
+            log.curve("vae", {"step": step, "t": round(time.time() - t0, 1), "mse": float(mse.detach()),
+                              "l1": float(l1.detach()),
+                              "kl": float(kl.detach()), "psnr": psnr, "lr": lr})  # fmt: skip
+            say(f"vae step {step}: mse {float(mse.detach()):.5f} psnr {psnr:.2f} dB")
         step += 1
     vae.eval()
     # scaling factor: scaled latents (posterior means) have unit standard deviation
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        zs = [vae.encode(to_vae_input(data[i : i + 32], dev)).latent_dist.mode().float() for i in range(0, 256, 32)]
+        zs = [vae.encode(to_vae_input(data[i : i + 32], dev)).latent_dist.mode().float() for i in range(0, min(256, len(data)), 32)]
         z = torch.cat(zs)
         rec = vae.decode(z[:8]).sample.float()
     std = float(z.std())
@@ -316,6 +321,7 @@ def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat
     opt = torch.optim.AdamW(params, lr=t["lr"], betas=(0.9, 0.99), weight_decay=t["weight_decay"])
     step0 = state.get("transformer_step", 0)
     g = torch.Generator().manual_seed(cfg["seed"] + 2 + step0)
+    gd = torch.Generator(dev).manual_seed(cfg["seed"] + 3 + step0)  # noise on the device: no host round trip
     n = len(caps)
     t0 = last_ckpt = time.time()
     step = step0
@@ -329,9 +335,9 @@ def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat
         x0 = lat[idx.to(lat.device)].to(dev).float()
         drop = torch.rand(t["batch"], generator=g) < t["caption_dropout"]
         prompts = ["" if dr else caps[i] for i, dr in zip(idx.tolist(), drop.tolist())]
-        u = torch.rand(t["batch"], generator=g).to(dev)
+        u = torch.rand(t["batch"], generator=gd, device=dev)
         sigma = shift * u / (1 + (shift - 1) * u)
-        noise = torch.randn(x0.shape, generator=g).to(dev)
+        noise = torch.randn(x0.shape, generator=gd, device=dev)
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -347,8 +353,7 @@ def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat
         decay = min(t["ema"], (1 + step - step0) / (10 + step - step0))
         with torch.no_grad():
             for k, mod in modules.items():
-                for pe_, pm in zip(ema[k].parameters(), mod.parameters(), strict=True):
-                    pe_.lerp_(pm.detach(), 1 - decay)
+                torch._foreach_lerp_(list(ema[k].parameters()), list(mod.parameters()), 1 - decay)
         losses.append(float(loss))
         step += 1
         if step % 50 == 0:
@@ -360,14 +365,13 @@ def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat
                 f"{row['samples_per_s']:.0f} samples/s")  # fmt: skip
             losses = []
         if time.time() - last_ckpt > checkpoint_every:
-            save_ckpt(out, comps, ema, dict(state, transformer_step=step))
-            log.write()
+            save_ckpt(out, comps, ema, dict(state, transformer_step=step), log)
             last_ckpt = time.time()
     state = dict(state, transformer_step=step)
     prev = log.data["stages"].get("transformer", {})
     log.stage("transformer", steps=step, seconds=round(prev.get("seconds", 0) + time.time() - t0, 1),
               samples=step * t["batch"])  # fmt: skip
-    save_ckpt(out, comps, ema, state)
+    save_ckpt(out, comps, ema, state, log)
     return ema
 
 
@@ -395,7 +399,7 @@ def stage_eval(cfg: dict, path: Path, dev, log: Log, out: Path, count: int, batc
     from na_accel.tiny import detect
 
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    pipe = HunyuanVideoPipeline.from_pretrained(path, torch_dtype=dtype).to(dev)
+    pipe = HunyuanVideoPipeline.from_pretrained(path, dtype=dtype).to(dev)
     pipe.set_progress_bar_config(disable=True)
     gen = json.loads((path / "na_accel_generation.json").read_text())
     scenes, captions = [], []
@@ -462,12 +466,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
     log = Log(args.out, cfg, args.resume)
     comps = build_components(cfg)
-    ema, state = load_ckpt(args.out, comps) if args.resume else (None, {})
+    ema, state = load_ckpt(args.out, comps, log) if args.resume else (None, {})
     say(f"device {dev}; stages {stages}; resumed at {state or 'start'}")
     if "vae" in stages:
         stage_vae(cfg, comps, dev, log)
         state["vae_done"] = True
-        save_ckpt(args.out, comps, ema, state)
+        save_ckpt(args.out, comps, ema, state, log)
     if "latents" in stages or "transformer" in stages:
         lat, caps = stage_latents(cfg, comps, dev)
         if "transformer" in stages:

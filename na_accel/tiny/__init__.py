@@ -1,5 +1,10 @@
-"""The built-in models: tiny random-weight pipelines of the four families (for tests and code paths; their
-outputs are noise) in :mod:`.random_weights`."""
+"""The built-in models and their world.
+
+* :mod:`.random_weights`: tiny random-weight pipelines of the four families (tests and code paths; noise outputs);
+* :mod:`.world`: procedural captioned clips (coloured shapes moving over muted backgrounds), the training data of
+  the embedded model; :mod:`.detect`: reads the attributes back from a video and scores prompt adherence;
+* :mod:`.trained`: the embedded text-to-video model, trained on those clips (``training/train_tiny_t2v.py``).
+"""
 
 from __future__ import annotations
 

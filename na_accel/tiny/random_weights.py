@@ -251,7 +251,7 @@ def _llama3_pre_tokenizer():
 
 def _train_bpe(
     specials: list[str], pre_tokenizer, lowercase: bool = False, end_of_word_suffix: str = "",
-    words: list[str] | None = None,
+    vocabulary: list[str] | None = None,
 ) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Train a byte-level BPE over :func:`_corpus_lines` until every word is a single token.
 
@@ -264,7 +264,7 @@ def _train_bpe(
     from tokenizers import pre_tokenizers
 
     words: Counter[str] = Counter()
-    for line in _corpus_lines(words or _words()):
+    for line in _corpus_lines(vocabulary or _words()):
         text = line.lower() if lowercase else line
         words.update(chunk for chunk, _ in pre_tokenizer.pre_tokenize_str(text))
     keys = sorted(words)
@@ -335,7 +335,7 @@ def _llama_tokenizer(words: list[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab, merges = _train_bpe(_LLAMA_SPECIALS, pre_tokenizer=_llama3_pre_tokenizer(), words=words)
+    vocab, merges = _train_bpe(_LLAMA_SPECIALS, pre_tokenizer=_llama3_pre_tokenizer(), vocabulary=words)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = _llama3_pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
@@ -363,7 +363,7 @@ def _clip_tokenizer(words: list[str] | None = None):
     specials = ["<|startoftext|>", "<|endoftext|>"]
     pre_tokenizer = CLIPTokenizer().backend_tokenizer.pre_tokenizer
     vocab, merges = _train_bpe(specials, pre_tokenizer=pre_tokenizer, lowercase=True, end_of_word_suffix="</w>",
-                               words=words)
+                               vocabulary=words)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
