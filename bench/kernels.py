@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kernel benchmark (DESIGN.md section 6): na_accel's Triton GNA vs cuDNN SDPA (dense) and FlexAttention (same mask).
+"""Kernel benchmark (DESIGN.md section 6): na_accel's GNA kernels vs cuDNN SDPA (dense) and FlexAttention (same mask).
 
 * cuDNN: ``scaled_dot_product_attention`` under ``sdpa_kernel(SDPBackend.CUDNN_ATTENTION)`` on ``[B, H, S, D]``.
 * Flex: compiled ``flex_attention`` with the exact mask on inputs already in tiled order (``na_accel.flex.to_tiled``;
@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import na_accel  # noqa: E402
-from na_accel import flex as nflex  # noqa: E402
+from na_accel.kernels import configs, triton_grid, triton_text  # noqa: E402
+from na_accel.ops import flex as nflex  # noqa: E402
 from na_accel.ops.semantics import make_params  # noqa: E402
 
 # name: grid, kernel_size, stride, heads, text tokens (text queries included)
@@ -90,22 +91,15 @@ def _flex_block_mask(params, n_text: int, device):
     return _CREATE_BLOCK_MASK(mask_mod, 1, None, size, size, device=device, BLOCK_SIZE=nflex.BLOCK)
 
 
-def _best_config(ndim: int) -> str | None:
-    try:
-        from na_accel.kernels import kernel_module
+def _config_label(cfg) -> str:
+    tq, tk = configs.tiles(cfg.tq), configs.tiles(cfg.tk)
+    return f"tq={'x'.join(map(str, tq))} tk={'x'.join(map(str, tk))} w{cfg.num_warps} s{cfg.num_stages}"
 
-        mod = kernel_module(False)
-        tuned = mod._TUNED.get((ndim, False))
-        cfg = getattr(tuned, "best_config", None)
-        if cfg is None:
-            return None
-        kw = cfg.kwargs
-        return (
-            f"tq={kw['TQ0']}x{kw['TQ1']}x{kw['TQ2']} tk={kw['TK0']}x{kw['TK1']}x{kw['TK2']} "
-            f"w{cfg.num_warps} s{cfg.num_stages}"
-        )
-    except Exception:  # pragma: no cover - diagnostics only
-        return None
+
+def _best_config(ndim: int) -> str | None:
+    """The launch config the autotuner picked for the last shape of ``ndim`` axes (16-bit family), if any."""
+    cfg = triton_grid.tuned_config(ndim)
+    return None if cfg is None else _config_label(cfg)
 
 
 def run_case(name: str, args) -> dict:
@@ -223,20 +217,15 @@ def run_case(name: str, args) -> dict:
 
 def _sweep(name, params, x, n_text, args) -> list:
     """Time each fixed candidate config of the kernel (kernel path only, no text)."""
-    from na_accel.kernels import gna_forward, kernel_module
     from na_accel.ops.dispatch import Problem
 
-    mod = kernel_module(False)
     n = params.num_tokens
     q, k, v = (y[:, :n] for y in x)
     out = torch.empty_like(q)
     p = Problem(q, k, v, params, HEAD_DIM**-0.5, None, None, None, None, out, None, None, None)
     variants = []
-    for kw, warps, stages in mod._FAST[params.ndim]:
-        cfg = {"tq": (kw["TQ0"], kw["TQ1"], kw["TQ2"]), "tk": (kw["TK0"], kw["TK1"], kw["TK2"]),
-               "num_warps": warps, "num_stages": stages}  # fmt: skip
-        label = f"tq={'x'.join(map(str, cfg['tq']))} tk={'x'.join(map(str, cfg['tk']))} w{warps} s{stages}"
-        variants.append((label, functools.partial(gna_forward, p, config=cfg)))
+    for cfg in configs.FAST[params.ndim]:
+        variants.append((_config_label(cfg), functools.partial(triton_grid.gna_forward, p, config=cfg._asdict())))
     return _time_variants(f"[{name}] sweep", variants)
 
 
@@ -261,7 +250,6 @@ TEXT_CONFIGS = [(64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (128, 64, 8, 3
 
 def _text_sweep(name, params, x, n_text) -> list:
     """Time the text-query path alone (Triton text kernel + split combine) for each of TEXT_CONFIGS."""
-    from na_accel.kernels import gna_forward
     from na_accel.ops.dispatch import Problem
 
     n = params.num_tokens
@@ -269,11 +257,10 @@ def _text_sweep(name, params, x, n_text) -> list:
     tq, ek, ev = (y[:, n:] for y in x)
     p = Problem(q, k, v, params, HEAD_DIM**-0.5, ek, ev, None, tq, torch.empty_like(q), None, torch.empty_like(tq),
                 None)  # fmt: skip
-    variants = [("default", functools.partial(gna_forward, p, grid_queries=False))]
+    variants = [("default", functools.partial(triton_text.text_forward, p))]
     for bm, bn, warps, stages in TEXT_CONFIGS:
         cfg = {"block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages}
-        variants.append((f"bm{bm} bn{bn} w{warps} s{stages}", functools.partial(gna_forward, p, text_config=cfg,
-                                                                                  grid_queries=False)))  # fmt: skip
+        variants.append((f"bm{bm} bn{bn} w{warps} s{stages}", functools.partial(triton_text.text_forward, p, cfg)))
     return _time_variants(f"[{name}] text", variants)
 
 
@@ -282,9 +269,8 @@ def _markdown(records: list, meta: dict) -> str:
         f"# Kernel benchmark: {meta['gpu']} ({meta['gpu_name']}), torch {meta['torch']}, triton {meta['triton']}, "
         f"{meta['date']}",
         "",
-        "bf16, batch 1, head dim 128. Ours through `na_accel.ops.functional` (everything included); Flex kernel "
-        "only on "
-        "tiled inputs; cuDNN dense SDPA. Speedups are ratios within this run.",
+        "bf16, batch 1, head dim 128. Ours through `na_accel.ops.functional` (everything included); Flex kernel only "
+        "on tiled inputs; cuDNN dense SDPA. Speedups are ratios within this run.",
         "",
         "| case | grid | kernel | stride | heads | text | ours ms | cuDNN ms | Flex ms | vs cuDNN | vs Flex "
         "| FLOP bound | eff. TFLOP/s | config |",

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Launch one kernel of the hunyuan-gna anchor twice (for ``ncu --launch-skip 1 --launch-count 1``).
 
-    ncu --clock-control none -k regex:_gna_fwd_kernel --launch-skip 1 --launch-count 1 \\
+    ncu --clock-control none -k regex:_gna_gluon_kernel --launch-skip 1 --launch-count 1 \\
         --section SpeedOfLight --section WarpStateStats python3 bench/profile_kernel.py ours
+    NA_ACCEL_GLUON=0 ncu ... -k regex:_gna_fwd_kernel ... python3 bench/profile_kernel.py ours   # Triton kernel
     ncu ... -k regex:'sdpa|fmha|flash|cudnn' ... python3 bench/profile_kernel.py cudnn
+
+On Hopper ``ours`` runs the Gluon kernel (na_accel/kernels/gluon_hopper.py); with ``NA_ACCEL_GLUON=0``, and on
+other GPUs, the Triton kernel (na_accel/kernels/triton_grid.py).
 """
 
 from __future__ import annotations

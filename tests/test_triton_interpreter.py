@@ -17,7 +17,8 @@ import torch
 pytest.importorskip("triton")
 
 import na_accel  # noqa: E402
-from na_accel.kernels import INTERPRETED, gna_fwd  # noqa: E402
+from na_accel.kernels import INTERPRETED  # noqa: E402
+from na_accel.kernels.triton_grid import _tma_ok, gna_forward  # noqa: E402
 from na_accel.ops.dispatch import Problem  # noqa: E402
 from na_accel.ops.reference import gna_reference  # noqa: E402
 from na_accel.ops.semantics import make_params  # noqa: E402
@@ -96,18 +97,23 @@ CASES = [
     ((9, 11), (-1, 3), (1, 1), (1, 1), (False, True)),  # whole axis + causal axis
     ((4, 5, 7), (3, 3, 3), (1, 1, 1), (1, 1, 1), (False, False, False)),
     ((4, 5, 7), (2, 4, 3), (2, 2, 3), (1, 1, 1), (False, False, False)),  # even windows, blocked axis
-    ((5, 5, 6), (2, 2, 3), (1, 1, 1), (2, 2, 2), (False, False, False)),  # dilation everywhere, ragged groups
+    ((4, 5, 5), (2, 2, 2), (1, 1, 1), (2, 2, 2), (False, False, False)),  # dilation everywhere, ragged groups
     ((4, 6, 7), (3, 3, 4), (3, 1, 2), (1, 2, 1), (True, False, False)),  # video-style causal time axis
     ((3, 4, 5), (-1, -1, -1), (1, 1, 1), (1, 1, 1), (False, False, False)),  # dense
     ((1, 6, 7), (1, 3, 3), (1, 1, 1), (1, 1, 1), (False, False, False)),  # size-1 axis
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-s{c[2]}-d{c[3]}-c{c[4]}")
+def _case_id(c) -> str:
+    return f"{c[0]}-k{c[1]}-s{c[2]}-d{c[3]}-c{c[4]}".replace(" ", "")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_matches_reference_fp32(case):
     grid, ks, st, dil, causal = case
-    p = _make_problem(grid, ks, st, dil, causal, batch=2 if len(grid) < 3 else 1)
-    gna_fwd.gna_forward(p)
+    # batch 2 on 1-D, 2 heads on 1-D and 2-D (3-D cases are the costly ones under the interpreter)
+    p = _make_problem(grid, ks, st, dil, causal, batch=2 if len(grid) == 1 else 1, heads=1 if len(grid) == 3 else 2)
+    gna_forward(p)
     _check(p)
 
 
@@ -118,34 +124,41 @@ def test_matches_reference_fp32(case):
 def test_tile_shapes(tq, tk):
     """Other query/key tile shapes (mismatched, larger than the grid) give the same result."""
     p = _make_problem((3, 5, 7), (3, 4, 3), (1, 2, 1), (1, 1, 2), (False, False, True), heads=1)
-    gna_fwd.gna_forward(p, config={"tq": tq, "tk": tk})
+    gna_forward(p, config={"tq": tq, "tk": tk})
     _check(p)
 
 
-@pytest.mark.parametrize("ndim", [1, 2, 3])
-def test_random_problems(ndim):
-    """A few random valid problems per number of axes (seeded)."""
-    rng = random.Random(1234 + ndim)
-    for trial in range(3):
-        grid = tuple(rng.randint(3, 6 if ndim == 3 else 14) for _ in range(ndim))
-        ks, st, dil, causal = [], [], [], []
-        for n in grid:
-            d = rng.choice([1, 1, 2]) if n >= 4 else 1
-            k = rng.randint(1, n // d)
-            ks.append(k)
-            st.append(rng.randint(1, k))
-            dil.append(d)
-            causal.append(rng.random() < 0.25)
-        p = _make_problem(grid, tuple(ks), tuple(st), tuple(dil), tuple(causal), seed=trial, packed=trial % 2 == 0)
-        gna_fwd.gna_forward(p)
-        _check(p)
+def _random_case(ndim: int, trial: int):
+    """A random valid (grid, kernel_size, stride, dilation, is_causal), seeded by ``ndim`` and ``trial``."""
+    rng = random.Random(1000 * ndim + trial)
+    grid = tuple(rng.randint(3, 6 if ndim == 3 else 14) for _ in range(ndim))
+    ks, st, dil, causal = [], [], [], []
+    for n in grid:
+        d = rng.choice([1, 1, 2]) if n >= 4 else 1
+        k = rng.randint(1, n // d)
+        ks.append(k)
+        st.append(rng.randint(1, k))
+        dil.append(d)
+        causal.append(rng.random() < 0.25)
+    return grid, tuple(ks), tuple(st), tuple(dil), tuple(causal)
+
+
+RANDOM_CASES = [(trial, _random_case(ndim, trial)) for ndim in (1, 2, 3) for trial in range(2)]
+
+
+@pytest.mark.parametrize("trial,case", RANDOM_CASES, ids=lambda x: x if isinstance(x, int) else _case_id(x))
+def test_random_problems(trial, case):
+    """Random valid problems (seeded), packed and contiguous inputs."""
+    p = _make_problem(*case, seed=trial, packed=trial % 2 == 0)
+    gna_forward(p)
+    _check(p)
 
 
 @pytest.mark.parametrize("lengths", [None, [3, 0], [19, 7]])
 def test_extra_keys_with_padding(lengths):
     extra_lengths = None if lengths is None else torch.tensor(lengths)
     p = _make_problem((3, 4, 5), (3, 3, 3), (1, 2, 1), batch=2, heads=1, num_extra=19, extra_lengths=extra_lengths)
-    gna_fwd.gna_forward(p)
+    gna_forward(p)
     _check(p)
 
 
@@ -155,52 +168,61 @@ def test_text_queries(splits):
     p = _make_problem((3, 4, 5), (3, 3, 3), (2, 2, 2), batch=2, heads=1, num_extra=21,
                       extra_lengths=torch.tensor([21, 9]), num_text_queries=21)  # fmt: skip
     text_config = None if splits is None else {"num_splits": splits}
-    gna_fwd.gna_forward(p, text_config=text_config)
+    gna_forward(p, text_config=text_config)
     _check(p)
 
 
 def test_text_queries_without_extra_keys_and_lse():
     p = _make_problem((9, 11), (3, 5), num_text_queries=5, lse=False)
-    gna_fwd.gna_forward(p, text_config={"num_splits": 2})
+    gna_forward(p, text_config={"num_splits": 2})
     _check(p)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(dtype):
-    p = _make_problem((3, 5, 6), (3, 3, 3), (1, 1, 2), dtype=dtype, num_extra=8, num_text_queries=4)
-    gna_fwd.gna_forward(p)
+    p = _make_problem((3, 4, 5), (3, 3, 3), (1, 1, 2), dtype=dtype, num_extra=8, num_text_queries=4)
+    gna_forward(p)
     _check(p)
 
 
-@pytest.mark.parametrize(
-    "grid,ks,st,dil,batch,packed,tma",
-    [
-        ((4, 8, 16), (2, 8, 8), (2, 8, 8), 1, 2, True, True),  # GNA, full tiles only; packed QKV folds the batch
-        ((5, 9, 11), (3, 5, 4), (1, 1, 1), 1, 1, False, True),  # NA: full and masked tiles, ragged edges
-        ((16, 32), (8, 16), (8, 8), 1, 2, False, True),  # 2-D, contiguous batch
-        ((6, 9, 10), (2, 4, 4), (1, 1, 1), (1, 2, 1), 1, True, False),  # dilation: pointer path
-    ],
-)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_descriptor_path(grid, ks, st, dil, batch, packed, tma, dtype):
-    """16-bit inputs read the full key tiles through 5-D tensor descriptors where the layout allows."""
-    mod = gna_fwd
-    p = _make_problem(grid, ks, st, dil, batch=batch, packed=packed, dtype=dtype, lse=False)
+# Each case has full key tiles (the tile box F of the query tile is not empty under configs.INTERPRETER's tiles,
+# query (2, 2, 4) and key (2, 4, 2) in 3-D, (4, 4) and (2, 8) in 2-D), so the full-tile loop runs.
+DESCRIPTOR_CASES = {
+    "gna-full-tiles-only-packed-batch2-fp16": ((2, 8, 8), (2, 4, 4), (2, 4, 4), 1, 2, True, torch.float16),
+    "na-full-and-masked-tiles-bf16": ((4, 6, 8), (3, 5, 5), (1, 1, 1), 1, 1, False, torch.bfloat16),
+    "2d-gna-contiguous-batch2-fp16": ((8, 16), (4, 8), (4, 8), 1, 2, False, torch.float16),
+    "dilation-pointer-path-bf16": ((2, 10, 6), (2, 5, 5), (1, 1, 1), (1, 2, 1), 1, True, torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("case", list(DESCRIPTOR_CASES))
+def test_descriptor_path(case):
+    """16-bit inputs read the full key tiles through 5-D tensor descriptors where the layout allows (dilation 1,
+    batch foldable into the token axis), else by pointers."""
+    grid, ks, st, dil, batch, packed, dtype = DESCRIPTOR_CASES[case]
+    p = _make_problem(grid, ks, st, dil, batch=batch, heads=1, packed=packed, dtype=dtype, lse=False)
     dl3 = (1,) * (3 - len(grid)) + ((dil,) * len(grid) if isinstance(dil, int) else tuple(dil))
-    assert mod._tma_ok(p, dl3, 32) is tma
-    gna_fwd.gna_forward(p)
+    assert _tma_ok(p, dl3, 32) is (dil == 1)
+    gna_forward(p)
     _check(p)
-    if tma:  # a batch that does not fold into axis 0 (a view of a longer sequence) takes the pointer path
-        q2 = torch.cat([p.query, p.query[:, :3]], 1)[:, : p.query.shape[1]]
-        p2 = Problem(q2, q2, q2, p.params, p.scale, None, None, None, None, p.out, None, None, None)
-        assert mod._tma_ok(p2, dl3, 32) is (batch == 1)
 
 
-@pytest.mark.parametrize("head_dim", [8, 24, 40, 64])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_descriptor_needs_foldable_batch(batch):
+    """A batch that does not fold into axis 0 (a view of a longer sequence) takes the pointer path; batch 1 always
+    folds."""
+    p = _make_problem((2, 8, 8), (2, 4, 4), (2, 4, 4), batch=batch, dtype=torch.float16, lse=False)
+    assert _tma_ok(p, (1, 1, 1), 32)
+    q2 = torch.cat([p.query, p.query[:, :3]], 1)[:, : p.query.shape[1]]
+    p2 = Problem(q2, q2, q2, p.params, p.scale, None, None, None, None, p.out, None, None, None)
+    assert _tma_ok(p2, (1, 1, 1), 32) is (batch == 1)
+
+
+@pytest.mark.parametrize("head_dim", [8, 40])
 def test_head_dims(head_dim):
-    """Head dims that are not powers of two are padded (masked) to the next one."""
-    p = _make_problem((9, 11), (3, 4), (2, 1), head_dim=head_dim, num_extra=3, num_text_queries=3)
-    gna_fwd.gna_forward(p)
+    """Head dims that are not powers of two are padded (masked) to the next one (at least 16 for tl.dot)."""
+    p = _make_problem((7, 9), (3, 4), (2, 1), head_dim=head_dim, num_extra=3, num_text_queries=3)
+    gna_forward(p)
     _check(p)
 
 
@@ -208,7 +230,7 @@ def test_contiguous_inputs_and_strided_outputs():
     p = _make_problem((6, 7), (3, 3), packed=False)
     out_buf = torch.full((1, 42, 2, 2, 32), float("nan"))
     p.out = out_buf[:, :, :, 1]  # a strided output view
-    gna_fwd.gna_forward(p)
+    gna_forward(p)
     _check(p)
     assert torch.isnan(out_buf[:, :, :, 0]).all(), "wrote outside the output view"
 
@@ -238,24 +260,32 @@ def test_joint_text_first_with_lengths():
     torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-5)
 
 
-def test_unavailable_reasons(monkeypatch):
+def test_unavailable_reasons():
     backend = TritonBackend()
-    p = _make_problem((4, 5), 3)
-    assert backend.unavailable_reason(p) is None
+    assert backend.unavailable_reason(_make_problem((4, 5), 3)) is None
     p64 = _make_problem((4, 5), 3, dtype=torch.float64)
     assert "float16" in backend.unavailable_reason(p64)
+
+
+@pytest.mark.parametrize("env,expected", [(None, "CUDA"), ("1", "before the process starts")])
+def test_unavailable_without_interpreter(monkeypatch, env, expected):
+    """In a compiled-mode process CPU tensors are refused, with a hint when TRITON_INTERPRET was set too late."""
     monkeypatch.setattr("na_accel.ops.triton.INTERPRETED", False)
-    assert "CUDA" in backend.unavailable_reason(p)
-    with pytest.raises(na_accel.BackendUnavailableError):
-        na_accel.na2d(torch.randn(1, 4, 5, 1, 16), torch.randn(1, 4, 5, 1, 16), torch.randn(1, 4, 5, 1, 16), 3,
-                      backend="triton")  # fmt: skip
+    if env is None:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", env)
+    assert expected in TritonBackend().unavailable_reason(_make_problem((4, 5), 3))
+    x = torch.randn(1, 4, 5, 1, 16)
+    with pytest.raises(na_accel.BackendUnavailableError, match=expected):
+        na_accel.na2d(x, x, x, 3, backend="triton")
 
 
 def test_text_queries_only():
     """grid_queries=False runs only the dense text queries (the Gluon kernel does the grid queries on Hopper)."""
     p = _make_problem((3, 4, 5), (3, 3, 3), (2, 2, 2), batch=2, heads=1, num_extra=7,
                       extra_lengths=torch.tensor([7, 2]), num_text_queries=5)  # fmt: skip
-    gna_fwd.gna_forward(p, grid_queries=False)
+    gna_forward(p, grid_queries=False)
     assert torch.isnan(p.out).all() and torch.isnan(p.lse).all(), "grid queries must be left alone"
     p.out.zero_()
     p.lse.zero_()

@@ -1,8 +1,10 @@
 """Triton and Gluon kernels for GNA. They know tensors and a token grid, nothing about models, and import only torch,
 triton and their own layout helpers; the ``triton`` backend (:mod:`na_accel.ops.triton`) calls them.
 
-``gna_fwd``: the Triton kernels (every GPU, and the interpreter); ``gna_gluon``: a warp-specialised Gluon kernel for
-the grid queries on Hopper; ``layout``: host-side helpers shared by both.
+Modules: ``triton_grid`` (grid queries: ``gna_forward``, every CUDA GPU and the interpreter), ``triton_text`` (dense
+text queries and the split combine), ``triton_common`` (device helpers of both), ``gluon_hopper`` (a warp-specialised
+Gluon kernel for the grid queries on Hopper: ``gna_forward_gluon``, ``unsupported_reason``), ``configs`` (launch
+configurations, with what they were measured to give) and ``layout`` (host-side layout helpers).
 
 Triton decides when it is imported whether kernels are compiled or interpreted (``TRITON_INTERPRET``): its own
 library functions are decorated then, so a process is in one mode. :data:`INTERPRETED` records that mode once.

@@ -1,5 +1,6 @@
-"""Host-side layout helpers shared by the Triton kernel (:mod:`.gna_fwd`) and the Gluon kernel (:mod:`.gna_gluon`):
-grids padded to 3-D, and the 5-D TMA view ``[B * L0, L1, L2, heads, D]`` of a ``[B, N, heads, D]`` tensor."""
+"""Host-side layout helpers shared by the Triton kernels (:mod:`.triton_grid`) and the Gluon kernel
+(:mod:`.gluon_hopper`): grids padded to 3-D, and the 5-D TMA view ``[B * L0, L1, L2, heads, D]`` of a
+``[B, N, heads, D]`` tensor."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def pad3(values: Sequence, fill) -> tuple:
 
 
 def params3(params) -> tuple[tuple, tuple, tuple, tuple, tuple]:
-    """Grid, kernel size, stride, dilation and causal flags of ``params`` (:class:`na_accel.semantics.GNAParams`)
+    """Grid, kernel size, stride, dilation and causal flags of ``params`` (:class:`na_accel.ops.semantics.GNAParams`)
     padded to three axes (size-1 leading axes: window 1, stride 1, dilation 1, non-causal)."""
     return (
         pad3(params.grid, 1),

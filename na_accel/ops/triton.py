@@ -13,7 +13,9 @@ import os
 
 import torch
 
-from ..kernels import INTERPRETED, gna_fwd
+from ..kernels import INTERPRETED
+from ..kernels.triton_grid import gna_forward
+from ..kernels.triton_text import text_forward
 from .dispatch import Backend, Problem
 
 logger = logging.getLogger("na_accel")
@@ -32,11 +34,9 @@ def gluon_reason(problem: Problem) -> str | None:
         return "turned off by NA_ACCEL_GLUON=0"
     if not problem.query.is_cuda:
         return "it needs CUDA tensors"
-    try:
-        from ..kernels import gna_gluon
-    except Exception as exc:  # pragma: no cover - depends on the Triton install
-        return f"the Gluon kernel does not import here ({type(exc).__name__}: {exc})"
-    return gna_gluon.unsupported_reason(problem)
+    from ..kernels import gluon_hopper
+
+    return gluon_hopper.unsupported_reason(problem)
 
 
 class TritonBackend(Backend):
@@ -69,17 +69,17 @@ class TritonBackend(Backend):
         q = problem.query
         if not q.is_cuda:
             self.last_path = "triton"
-            gna_fwd.gna_forward(problem)
+            gna_forward(problem)
             return
         with torch.cuda.device(q.device):
             reason = gluon_reason(problem)
             if reason is None:
-                from ..kernels.gna_gluon import gna_forward_gluon
+                from ..kernels.gluon_hopper import gna_forward_gluon
 
                 self.last_path = "gluon"
                 gna_forward_gluon(problem)
-                gna_fwd.gna_forward(problem, grid_queries=False)  # dense text queries, if any
+                text_forward(problem)  # dense text queries, if any
             else:
                 logger.debug("na_accel triton: Gluon kernel not used: %s", reason)
                 self.last_path = "triton"
-                gna_fwd.gna_forward(problem)
+                gna_forward(problem)

@@ -1,0 +1,150 @@
+"""Launch configurations of the kernels: tile shapes, warps, pipeline stages, register budgets.
+
+Every number here was either measured (H200, bf16, head dim 128, 24 heads, ``bench/kernels.py``; the runs and their
+tables are in ``bench/NOTES.md`` under the name given) or follows from a hardware limit that is spelled out.
+Tiles are given per grid axis and padded to 3-D with leading 1s (see :func:`tiles`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class GridConfig(NamedTuple):
+    """One launch of the Triton grid kernel: query tile and key tile (1 to 3 entries, one per grid axis), warps,
+    software-pipeline stages."""
+
+    tq: tuple[int, ...]
+    tk: tuple[int, ...]
+    num_warps: int
+    num_stages: int
+
+
+def tiles(shape) -> tuple[int, int, int]:
+    """A tile shape of a 1-, 2- or 3-D grid as three entries (leading axes get 1)."""
+    shape = tuple(shape)
+    return (1,) * (3 - len(shape)) + shape
+
+
+# ---- Triton grid kernel (triton_grid._gna_fwd_kernel) -------------------------------------------------------------
+
+#: Autotune candidates per number of grid axes for 16-bit inputs with head dim <= 128; the first is the default when
+#: autotuning is off (``NA_ACCEL_AUTOTUNE=0``), and the one whose key tile sizes the K/V tensor descriptors.
+#: Measured on H200 (bench/NOTES.md, config sweeps in sections v1-v4): 3-D, 128 x 128 tiles with 8 warps and 3
+#: stages won every case once the full and masked tiles had separate loops (hunyuan-gna 29.84 ms autotuned); the
+#: other two candidates are the runner-ups of those sweeps (128 x 64 with 4 warps: fewer live registers; 2 stages:
+#: shared memory for two CTAs per SM). 2-D: (16, 8) x (16, 8) with 8 warps won flux4k-na and, autotuned,
+#: flux4k-gna (10.29 ms); (16, 16) x (8, 8) won flux4k-gna in an earlier sweep; (8, 16) x (8, 8) is the 4-warp
+#: runner-up. 1-D was not timed on its own: the 3-D tile sizes as 1-D tiles. Three candidates per rank keep the
+#: first-call autotuning at ~8 s per shape bucket (~25 s with the full sweep).
+FAST: dict[int, list[GridConfig]] = {
+    3: [
+        GridConfig((2, 8, 8), (2, 8, 8), 8, 3),
+        GridConfig((2, 8, 8), (1, 8, 8), 4, 3),
+        GridConfig((2, 8, 8), (2, 8, 8), 8, 2),
+    ],
+    2: [
+        GridConfig((16, 8), (16, 8), 8, 3),
+        GridConfig((16, 16), (8, 8), 8, 3),
+        GridConfig((8, 16), (8, 8), 4, 3),
+    ],
+    1: [
+        GridConfig((128,), (128,), 8, 3),
+        GridConfig((128,), (64,), 4, 3),
+    ],
+}
+
+#: Candidates for head dims above 128 or 32-bit inputs ("wide" rows): 64-row tiles and 2 stages so that Q, and K
+#: and V per stage, fit the 227 KB of shared memory per CTA on Hopper (head dim 256 in 16 bits: 32 KB per 64-row
+#: tile, 160 KB in all; 128-row tiles with 3 stages would need about 448 KB). Not tuned for speed: these shapes are the
+#: correctness path (tests/test_triton_gpu.py: head dim 256, fp32).
+WIDE: dict[int, list[GridConfig]] = {
+    3: [GridConfig((1, 8, 8), (1, 8, 8), 4, 2), GridConfig((1, 8, 8), (1, 4, 8), 4, 2)],
+    2: [GridConfig((8, 8), (8, 8), 4, 2), GridConfig((8, 8), (4, 8), 4, 2)],
+    1: [GridConfig((64,), (64,), 4, 2), GridConfig((64,), (32,), 4, 2)],
+}
+
+#: Fixed configs under the Triton interpreter: the smallest tiles ``tl.dot`` takes (16 rows, 16 keys), so that the
+#: tests' tiny grids span many query and key tiles (ragged edges, full and masked tiles). Warps and stages are
+#: ignored by the interpreter.
+INTERPRETER: dict[int, GridConfig] = {
+    3: GridConfig((2, 2, 4), (2, 4, 2), 4, 1),
+    2: GridConfig((4, 4), (2, 8), 4, 1),
+    1: GridConfig((16,), (16,), 4, 1),
+}
+
+
+def wide(head_dim: int, is_fp32: bool) -> bool:
+    """Whether a problem takes the :data:`WIDE` candidates (and never the tensor-descriptor path)."""
+    return head_dim > 128 or is_fp32
+
+
+# ---- Triton text kernel and split combine (triton_text) ------------------------------------------------------------
+
+
+class TextConfig(NamedTuple):
+    """One launch of the dense text kernel: query rows and keys per program, warps, stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+#: 16-bit, head dim <= 128. bench/NOTES.md "Text queries" (results/kernels-h200-2026-11-22-s3b.md, --text-sweep):
+#: hunyuan-gna-text's 256 text queries over 115,456 keys took 0.75 ms with 128 x 64, 8 warps, 3 stages, vs 1.10 ms
+#: with 64 x 64, 4 warps; 128 x 128 was 0.73 ms but needs 224 KB of shared memory, too close to the 227 KB limit.
+TEXT_FAST = TextConfig(128, 64, 8, 3)
+#: Head dim > 128 or fp32: the grid kernel's wide tile sizes (shared memory, see :data:`WIDE`); correctness path.
+TEXT_WIDE = TextConfig(64, 32, 4, 2)
+#: Interpreter: the smallest ``tl.dot`` tiles, so the tests' few text queries and keys span several blocks.
+TEXT_INTERPRETER = TextConfig(16, 16, 4, 1)
+
+#: Split the keys (flash-decoding) until there are this many programs per SM. With 256 text queries and 24 heads
+#: there are only 48 programs of 128 rows for 132 SMs; hunyuan-gna-text gets 11 splits (528 programs) from this.
+TEXT_PROGRAMS_PER_SM = 4
+#: ... but give every split at least this many key blocks, so the combine pass stays small next to the splits.
+TEXT_MIN_BLOCKS_PER_SPLIT = 8
+#: SM count assumed off CUDA (the interpreter): only the number of splits depends on it.
+INTERPRETER_SMS = 4
+
+#: Rows (batch, text query, head) per program of the combine kernel: a [32, D] fp32 accumulator per program keeps
+#: 4 warps busy at head dim 128; 16 under the interpreter (any small value; it only sets how many programs run).
+COMBINE_BLOCK_ROWS = 32
+COMBINE_BLOCK_ROWS_INTERPRETER = 16
+COMBINE_WARPS = 4
+
+
+# ---- Gluon kernel (gluon_hopper) -----------------------------------------------------------------------------------
+
+
+class GluonConfig(NamedTuple):
+    """Tiles of the Gluon kernel, padded to 3-D: ``tq`` query tile (128 rows: two consumer warpgroups of 64 rows,
+    the M of one Hopper wgmma), ``tk`` key tile (128 keys: one TMA box, the N of the QK^T wgmma)."""
+
+    tq: tuple[int, int, int]
+    tk: tuple[int, int, int]
+
+
+#: Per number of grid axes: the Triton kernel's default tile shapes (above), which the Gluon kernel was built on
+#: (bench/NOTES.md v7). Fixed, not autotuned: hunyuan-gna 24.38 ms, flux4k-gna 8.75 ms on H200 (bench/NOTES.md v8).
+GLUON: dict[int, GluonConfig] = {
+    3: GluonConfig((2, 8, 8), (2, 8, 8)),
+    2: GluonConfig((1, 16, 8), (1, 16, 8)),
+    1: GluonConfig((1, 1, 128), (1, 1, 128)),
+}
+
+#: Depth of the K/V ring in shared memory. H200 (bench/NOTES.md v7): hunyuan-gna 26.5 ms with 2 stages, 27.4 ms with
+#: 3 (a third stage also takes 64 KB more shared memory at head dim 128).
+GLUON_STAGES = 2
+
+#: Register budgets (registers per thread). A CTA is three warpgroups (384 threads: consumer 0, consumer 1 and the
+#: producer, whose single warp is padded to a warpgroup), one CTA per SM (about 160 KB of shared memory). The
+#: launch limit is floor(65536 registers / 384 threads) = 170, rounded down to the multiple of 8 that
+#: ``setmaxnreg`` works in: 168. At run time ``setmaxnreg`` moves registers between warpgroups within that total
+#: (3 x 168 = 504): the producer, which only issues TMA copies and waits on barriers, drops to the minimum of 24,
+#: and the two consumers get the rest, (504 - 24) / 2 = 240 each (FA3 uses the same split). At 240 ptxas reports
+#: spills of 64-316 bytes per consumer thread in the masked loop, none in the mask-free one (bench/NOTES.md v7, v8).
+GLUON_MAXNREG = 168
+GLUON_PRODUCER_REGS = 24
+GLUON_CONSUMER_REGS = 240
