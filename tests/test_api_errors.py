@@ -265,11 +265,20 @@ def test_extra_lengths_wrong(lengths, fragments):
 
 
 def test_extra_lengths_boundaries_are_accepted():
+    """Length 0 attends to none of the additional keys (plain neighborhood attention); the full length attends to all
+    of them (as without additional_lengths); int64 and int32 lengths agree."""
     q, k, v = _qkv()
     ek, ev = _extra()
     kw = dict(additional_keys=ek, additional_values=ev, backend="reference")
-    na_accel.na2d(q, k, v, 3, additional_lengths=torch.tensor([0, 4]), **kw)
-    na_accel.na2d(q, k, v, 3, additional_lengths=torch.tensor([4, 0], dtype=torch.int32), **kw)
+    without = na_accel.na2d(q, k, v, 3, backend="reference")
+    with_all = na_accel.na2d(q, k, v, 3, **kw)
+    assert (with_all - without).abs().max() > 1e-3  # the additional keys change the output
+    out = na_accel.na2d(q, k, v, 3, additional_lengths=torch.tensor([0, 4]), **kw)
+    torch.testing.assert_close(out[0], without[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1], with_all[1], rtol=1e-5, atol=1e-6)
+    out = na_accel.na2d(q, k, v, 3, additional_lengths=torch.tensor([4, 0], dtype=torch.int32), **kw)
+    torch.testing.assert_close(out[0], with_all[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1], without[1], rtol=1e-5, atol=1e-6)
 
 
 def test_deprecated_extra_names_warn_and_match():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +33,12 @@ quality: {min_psnr: 10.0, min_ssim: 0.3, max_latent_rel_l2: 0.9, min_latent_cosi
 FRAMES = 5  # 4k+1, the smallest non-trivial video of the tiny HunyuanVideo model (2 latent frames)
 
 
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+REPO = Path(__file__).resolve().parents[1]
+TINY_DEMO = REPO / "examples" / "configs" / "tiny_demo.yaml"  # sparse on the tiny HunyuanVideo grid after 1 step
+
+
+def invoke(*args: str, input: str | bytes | None = None):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, input=input)
 
 
 def mp4_frames(path: Path) -> list[np.ndarray]:
@@ -74,6 +80,13 @@ def test_help_lists_commands():
     assert r.exit_code == 0
     for cmd in ("generate", "ab", "check", "bench", "presets"):
         assert cmd in r.stdout
+
+
+def test_version():
+    import na_accel
+
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"na-accel {na_accel.__version__}"
 
 
 def test_cli_module_imports_no_diffusers():
@@ -151,15 +164,41 @@ def test_generate_video_dense(tmp_path, prompts):
 
 
 def test_generate_default_preset(tmp_path, one_prompt):
+    """The family preset is the default; on the tiny grid at 2 steps it cannot run sparse (15 dense steps, windows
+    larger than the grid), and the run says so: a warning, the sidecar's call counts, the file name."""
     out = tmp_path / "out"
     r = invoke("generate", one_prompt, "--frames", FRAMES, "--steps", 2, "--out", out, "-q")
     assert r.exit_code == 0, r.output
+    assert "config: hunyuan_fast (the hunyuan preset" in r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 1 and "hunyuan_fast made no sparse attention call" in warnings[0]
+    assert "dense_steps is 15" in warnings[0] and "covers the whole token grid" in warnings[0]
     (video,) = out.glob("*.mp4")
-    assert "__hunyuan_fast__tiny-random-weight-model" in video.name
+    assert video.name == "000_a-red-fox-in-the-snow__hunyuan_fast-ran-dense__tiny-random-weight-model.mp4"
     meta = json.loads(video.with_suffix(".json").read_text())
-    assert meta["config"] == "hunyuan_fast"
-    assert "hunyuan_fast" in meta["patch"]["summary"] and meta["patch"]["layers"]
+    assert meta["config"] == "hunyuan_fast" and "hunyuan_fast" in meta["patch"]["summary"]
+    n_layers = len(meta["patch"]["layers"])
+    assert meta["patch"]["ran_sparse"] is False
+    assert meta["patch"]["attention_calls"] == {"sparse": 0, "dense": 2 * n_layers, "fallback": 0, "compiled": 0}
+    assert all(row["sparse_calls"] == 0 for row in meta["patch"]["layers"])
+    assert meta["warnings"] == [warnings[0][len("warning: ") :]]
     assert len(mp4_frames(video)) == FRAMES
+
+
+def test_generate_sparse_config_runs_sparse(tmp_path, one_prompt):
+    out = tmp_path / "out"
+    r = invoke("generate", one_prompt, "--config", TINY_DEMO, "--frames", FRAMES, "--steps", 3, "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.stderr
+    (video,) = out.glob("*.mp4")
+    assert video.name == "000_a-red-fox-in-the-snow__tiny_demo__tiny-random-weight-model.mp4"
+    meta = json.loads(video.with_suffix(".json").read_text())
+    n_layers = len(meta["patch"]["layers"])
+    # step 0 dense (dense_steps: 1), steps 1 and 2 sparse in every layer
+    assert meta["patch"]["attention_calls"] == {"sparse": 2 * n_layers, "dense": n_layers, "fallback": 0,
+                                                "compiled": 0}  # fmt: skip
+    assert meta["patch"]["ran_sparse"] is True and meta["warnings"] == []
+    assert all(row["sparse_calls"] == 2 and row["kernel_size"] == [2, 3, 3] for row in meta["patch"]["layers"])
 
 
 def _generate_png(one_prompt, out, *args, height: int, width: int) -> dict:
@@ -272,13 +311,39 @@ def test_ab_image_grid(tmp_path, one_prompt):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def test_check_passes_with_default_preset(tmp_path):
+def test_check_passes_on_a_sparse_run(tmp_path):
+    """A config that runs sparse on the tiny grid (a (2, 3, 3) window after one dense step): the gate compares real
+    differences against its thresholds."""
     js = tmp_path / "check.json"
-    r = invoke("check", "--frames", FRAMES, "--steps", 2, "--json", js, "-q")
+    r = invoke("check", "--config", TINY_DEMO, "--frames", FRAMES, "--steps", 3, "--json", js, "-q")
     assert r.exit_code == 0, r.output
-    assert "PASS" in r.stdout and "hunyuan_fast" in r.stdout and "tiny random-weight model" in r.stdout
+    assert "quality gate PASSED: 1/1" in r.stdout and "tiny random-weight model" in r.stdout
     data = json.loads(js.read_text())
-    assert data["passed"] is True and data["reports"][0]["thresholds"]["min_psnr"] == 25.0
+    assert data["passed"] is True and data["verdict"] == "PASSED"
+    (rep,) = data["reports"]
+    assert rep["verdict"] == "PASS" and rep["tested"] is True
+    assert rep["sparse_calls"] == rep["attention_calls"]["sparse"] > 0
+    assert rep["thresholds"]["min_psnr"] == 20.0 and rep["thresholds"]["min_ssim"] == 0.5  # from tiny_demo.yaml
+    assert 0 < rep["latent_rel_l2"] <= 0.2 and 0.97 <= rep["latent_cosine"] < 1  # judged, and not identical
+    assert 20.0 <= rep["psnr_mean"] != "inf" and 0.5 <= rep["ssim_mean"] < 1
+    assert rep["calibration_step"] == 1 and max(a["rel_l2"] for a in rep["attention"]) > 0
+
+
+def test_check_default_preset_nothing_tested(tmp_path):
+    """The family preset on the tiny grid at 2 steps runs dense throughout: the gate says NOTHING TESTED (never
+    PASSED) and fails, unless --allow-dense."""
+    js = tmp_path / "check.json"
+    r = invoke("check", "--frames", FRAMES, "--steps", 2, "--no-attention", "--json", js, "-q")
+    assert r.exit_code == 1, r.output
+    assert "PASS" not in r.stdout and "quality gate NOTHING TESTED" in r.stdout and "--allow-dense" in r.stdout
+    data = json.loads(js.read_text())
+    assert data["verdict"] == "NOTHING TESTED" and data["passed"] is False
+    (rep,) = data["reports"]
+    assert rep["sparse_calls"] == 0 and rep["tested"] is False and rep["failures"] == []
+    assert rep["psnr_mean"] == "inf"  # the patched run equals dense
+    r = invoke("check", "--frames", FRAMES, "--steps", 2, "--no-attention", "--allow-dense", "-q")
+    assert r.exit_code == 0, r.output
+    assert "PASS" not in r.stdout and "quality gate NOTHING TESTED" in r.stdout
 
 
 def test_check_fails_threshold_exit_1(tmp_path, sparse_cfg):
@@ -310,28 +375,62 @@ def test_check_fails_threshold_exit_1(tmp_path, sparse_cfg):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+WAN_SPARSE_YAML = """\
+version: 1
+model: WanTransformer3DModel
+defaults: {kernel_size: [2, 3, 3], stride: 1, dense_steps: 4}
+"""
+
+
 def test_bench_tiny(tmp_path):
+    """A config whose windows are smaller than the tiny grid: the timed patched step is sparse in every layer and
+    the speedup and projection follow from the timings."""
+    cfg = tmp_path / "wan_small.yaml"
+    cfg.write_text(WAN_SPARSE_YAML)
+    out = tmp_path / "bench"
+    r = invoke("bench", "--tiny", "--family", "wan", "--config", cfg, "--device", "cpu", "--steps", 2, "--warmup", 0,
+               "--total-steps", 10, "--out", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.stderr and "ran dense" not in r.stdout
+    assert "K parameters" in r.stderr  # a tiny model's size, not "0.00B"
+    (js,) = out.glob("e2e_wan_wan_small_tiny_*.json")
+    rec = json.loads(js.read_text())
+    assert rec["tiny"] is True and rec["model_class"] == "WanTransformer3DModel" and rec["config"] == "wan_small"
+    assert rec["token_grid"] == [3, 4, 6] and rec["device"].startswith("cpu") and "torch" in rec["versions"]
+    n_layers = len(rec["patch_layers"])
+    assert rec["patched_step_sparse"] is True and rec["patched_dense_reason"] is None
+    assert rec["patched_attention_calls"] == {"sparse": 2 * n_layers, "dense": 0, "fallback": 0, "compiled": 0}
+    assert all(row["kernel_size"] == [2, 3, 3] and row["sparse_calls"] == 2 for row in rec["patch_layers"])
+    d, p = rec["dense_step_s"], rec["patched_step_s"]
+    assert d > 0 and p > 0 and len(rec["dense_step_all_s"]) == len(rec["patched_step_all_s"]) == 2
+    assert rec["speedup_per_sparse_step"] == pytest.approx(d / p)
+    assert rec["dense_steps"] == 4 and rec["projection_steps"] == 10
+    assert rec["projected_dense_s"] == pytest.approx(10 * d)
+    assert rec["projected_patched_s"] == pytest.approx(4 * d + 6 * p)
+    assert rec["projected_speedup"] == pytest.approx(10 * d / (4 * d + 6 * p))
+    assert f"{d / p:.2f}x" in r.stdout
+
+
+def test_bench_tiny_default_preset_labels_the_dense_step(tmp_path):
+    """wan_fast's windows cover the whole tiny grid: the "patched" step is dense and is reported as such."""
     out = tmp_path / "bench"
     r = invoke("bench", "--tiny", "--family", "wan", "--device", "cpu", "--steps", 1, "--warmup", 0, "--out", out)
     assert r.exit_code == 0, r.output
-    assert "wan_fast" in r.stdout and "speedup" in r.stdout
+    assert "warning: the wan_fast step made no sparse attention call" in r.stderr
     (js,) = out.glob("*.json")
     rec = json.loads(js.read_text())
-    for key in (
-        "dense_step_s",
-        "patched_step_s",
-        "speedup_per_sparse_step",
-        "projected_speedup",
-        "token_grid",
-        "versions",
-        "device",
-        "config",
-        "model_class",
-        "dense_steps",
-        "patch_layers",
-    ):
-        assert key in rec
-    assert rec["tiny"] is True and rec["model_class"] == "WanTransformer3DModel"
+    assert rec["config"] == "wan_fast" and rec["patched_step_sparse"] is False
+    assert rec["patched_attention_calls"]["sparse"] == 0 and "whole grid" in rec["patched_dense_reason"]
+    assert rec["speedup_per_sparse_step"] is None and rec["projected_speedup"] is None
+    table = dict(ln.split("  ", 1) for ln in r.stdout.splitlines() if "  " in ln)
+    assert table["wan_fast step"].strip().split(" (")[1].startswith("ran dense")
+    assert "no sparse step" in table["speedup per sparse step"]
+
+
+def test_bench_parameter_count_text():
+    from na_accel.tools.bench import count_text
+
+    assert [count_text(n) for n in (999, 45_600, 7_890_000, 12_800_000_000)] == ["999", "45.6K", "7.89M", "12.8B"]
 
 
 def test_bench_real_size_refuses_on_cpu(tmp_path):
@@ -402,7 +501,35 @@ def _bad_cases(tmp_path: Path, prompts: Path) -> dict[str, tuple[list, str]]:
         "check against dense": (["check", "--config", "dense"], "dense"),
         "bench unknown family": (["bench", "--family", "sdxl", "--tiny"], "unknown family"),
         "bench bad frames": (["bench", "--tiny", "--frames", 8], "4k+1"),
+        "huge height": (["generate", prompts, "--dense", "--height", HUGE], "between 16 and 16384"),
+        "huge width, ab": (["ab", prompts, "--width", HUGE], "between 16 and 16384"),
+        "huge frames": (["generate", prompts, "--dense", "--frames", 4 * 10**20 + 1], "between 1 and 4097"),
+        "huge steps": (["generate", prompts, "--dense", "--steps", 10**30], "between 1 and 10000"),
+        "huge seed": (["generate", prompts, "--dense", "--seed", 99999999999999999999999], "2**64-1"),
+        "last prompt's seed too big": (
+            ["generate", prompts, "--dense", "--seed", 2**64 - 1],
+            "between 0 and 18446744073709551614",
+        ),
+        "negative seed": (["check", "--seed", -1], "--seed -1 is out of range"),
+        "unknown device": (["generate", prompts, "--dense", "--device", "tpu"], "'tpu' is not supported"),
+        "cuda index": (["ab", prompts, "--device", "cuda:99"], "cuda:99"),
+        "unknown dtype": (["generate", prompts, "--dense", "--dtype", "int8"], "'int8' is not one of"),
+        "check huge height": (["check", "--height", HUGE], "between 16 and 16384"),
+        "check min ssim above 1": (["check", "--min-ssim", 5], "--min-ssim: expected a number from -1 to 1"),
+        "check min psnr -inf": (["check", "--min-psnr", "-inf"], "--min-psnr: expected a number, finite,"),
+        "check min psnr nan": (["check", "--min-psnr", "nan"], "got nan"),
+        "check max rel l2 negative": (["check", "--max-latent-rel-l2", -0.1], "--max-latent-rel-l2"),
+        "check min cosine above 1": (["check", "--min-latent-cosine", 1.5], "from -1 to 1"),
+        "bench huge height": (["bench", "--tiny", "--height", HUGE], "between 16 and 16384"),
+        "bench unknown device": (["bench", "--tiny", "--device", "tpu"], "'tpu' is not supported"),
+        "tiny image model frames": (["generate", prompts, "-m", "tiny:flux", "--frames", 5], "images"),
+        "unknown tiny family": (["generate", prompts, "-m", "tiny:sdxl"], "tiny:hunyuan"),
+        "warmup negative": (["ab", prompts, "--warmup", -1], "--warmup must be >= 0"),
+        "ab empty configs": (["ab", prompts, "--configs", ","], "--configs is empty"),
     }
+
+
+HUGE = 99999999999999999984  # a multiple of 16
 
 
 CASE_NAMES = [
@@ -424,21 +551,55 @@ CASE_NAMES = [
     "check against dense",
     "bench unknown family",
     "bench bad frames",
+    "huge height",
+    "huge width, ab",
+    "huge frames",
+    "huge steps",
+    "huge seed",
+    "last prompt's seed too big",
+    "negative seed",
+    "unknown device",
+    "cuda index",
+    "unknown dtype",
+    "check huge height",
+    "check min ssim above 1",
+    "check min psnr -inf",
+    "check min psnr nan",
+    "check max rel l2 negative",
+    "check min cosine above 1",
+    "bench huge height",
+    "bench unknown device",
+    "tiny image model frames",
+    "unknown tiny family",
+    "warmup negative",
+    "ab empty configs",
 ]
+
+# Bad input that needs no model: rejected before the model is loaded.
+BEFORE_LOAD = [c for c in CASE_NAMES if c not in ("config for another model", "missing model dir")
+               and not c.startswith(("bench", "check against"))]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
-def test_bad_input(tmp_path, prompts, case):
+def test_bad_input(tmp_path, prompts, case, monkeypatch):
     args, needle = _bad_cases(tmp_path, prompts)[case]
     out = tmp_path / "out_dir"
     if "--out" not in args and args[0] != "check":
         args = [*args, "--out", out]
+    if case in BEFORE_LOAD:
+        import na_accel.tools.generate as generate
+
+        def no_load(*a, **k):
+            raise AssertionError("the model was loaded before the input was checked")
+
+        monkeypatch.setattr(generate, "load_model", no_load)
     r = invoke(*args)
     assert r.exit_code == 2, (r.exit_code, r.output)
     err = r.stderr.strip().splitlines()
     err = [ln for ln in err if not ln.startswith(("model:", "config:"))]
     assert len(err) == 1 and err[0].startswith("error: "), r.stderr
     assert needle in err[0], err[0]
+    assert len(err[0]) < 400
     assert "Traceback" not in r.output
     assert not out.exists()
 
@@ -486,3 +647,284 @@ def test_missing_video_writer_fails_before_writing(tmp_path, prompts, monkeypatc
     r = invoke("generate", prompts, "--dense", "--frames", FRAMES, "--out", out)
     assert r.exit_code == 2 and "cannot write MP4" in r.stderr
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Saved pipelines
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_saved_tiny_cosmos_loads_in_a_fresh_process(tmp_path, one_prompt):
+    """diffusers resolves the tiny Cosmos safety checker's module only from sys.modules: in a process that has not
+    imported na_accel.tiny, the CLI must import it (it is named in model_index.json). A saved tiny pipeline gets the
+    tiny model's defaults (64x96, 17 frames, 2 steps), not the real model's."""
+    from na_accel.tiny import default_generation_kwargs, tiny_pipeline
+
+    model_dir = tmp_path / "tiny_cosmos"
+    tiny_pipeline("cosmos").save_pretrained(model_dir)
+    index = json.loads((model_dir / "model_index.json").read_text())
+    assert index["safety_checker"][0].startswith("na_accel.")
+    out = tmp_path / "out"
+    code = (
+        "import sys\n"
+        "from na_accel.tools.cli import app\n"
+        "assert 'na_accel.tiny' not in sys.modules\n"
+        f"app(['generate', {str(one_prompt)!r}, '--model', {str(model_dir)!r}, '--out', {str(out)!r}, '-q'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(loaded from a local directory," in r.stderr
+    (video,) = out.glob("*.mp4")
+    meta = json.loads(video.with_suffix(".json").read_text())
+    d = default_generation_kwargs("cosmos")
+    assert meta["random_weights"] is True and meta["family"] == "cosmos"
+    assert (meta["height"], meta["width"], meta["frames"], meta["steps"]) == (
+        d["height"], d["width"], d["num_frames"], d["num_inference_steps"]
+    )  # fmt: skip
+    assert len(meta["timings"]["step_s"]) == d["num_inference_steps"]
+
+
+def test_import_own_modules_imports_only_na_accel(tmp_path):
+    from na_accel.errors import InputError
+    from na_accel.tools.generate import import_own_modules
+
+    index = {
+        "_class_name": "X",
+        "a": ["na_accel.tiny.random_weights", "TinySafetyChecker"],
+        "b": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "c": ["na_accel_lookalike_not_ours", "Y"],
+        "d": ["json", "JSONDecoder"],
+    }
+    assert import_own_modules(index) == ["na_accel.tiny.random_weights"]
+    assert "na_accel_lookalike_not_ours" not in sys.modules
+    with pytest.raises(InputError, match="no module na_accel.no_such_module"):
+        import_own_modules({"a": ["na_accel.no_such_module", "Z"]}, "dir")
+
+
+def test_generate_from_real_model_dir_records_the_pipeline_defaults(tmp_path):
+    """A pipeline directory without the tiny marker runs at the pipeline's own defaults (FLUX: 28 steps; its size
+    from default_sample_size), and the sidecar records them."""
+    from na_accel.tiny import tiny_pipeline
+
+    model_dir = tmp_path / "flux_like"
+    tiny_pipeline("flux").save_pretrained(model_dir)
+    cfg_path = model_dir / "transformer" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["_na_accel_tiny"]
+    cfg_path.write_text(json.dumps(cfg))
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("a cat\n")
+    out = tmp_path / "out"
+    r = invoke("generate", prompt, "--model", model_dir, "--dense", "--height", 32, "--width", 32, "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    (png,) = out.glob("*.png")
+    assert "tiny" not in png.name
+    meta = json.loads(png.with_suffix(".json").read_text())
+    assert meta["random_weights"] is False and meta["steps"] == 28 and len(meta["timings"]["step_s"]) == 28
+    g = meta["generation_kwargs"]
+    assert g["num_inference_steps"] == 28 and g["guidance_scale"] == 3.5 and g["max_sequence_length"] == 512
+    assert (g["height"], g["width"]) == (32, 32) == (meta["height"], meta["width"])
+
+
+def test_pipeline_defaults_fill_a_derived_size():
+    from na_accel.tiny import tiny_pipeline
+    from na_accel.tools.generate import pipeline_defaults
+
+    pipe = tiny_pipeline("flux")
+    d = pipeline_defaults(pipe)
+    assert d["height"] == d["width"] == pipe.default_sample_size * pipe.vae_scale_factor
+    assert d["num_inference_steps"] == 28 and "output_type" not in d and "prompt" not in d
+
+
+def test_offline_hub_error_shows_the_cause(monkeypatch):
+    import diffusers
+
+    from na_accel.errors import InputError
+    from na_accel.tools.generate import load_model
+
+    def offline(*a, **k):
+        try:
+            raise ConnectionError("Cannot reach https://huggingface.co/api/models/org/model: offline mode is enabled.")
+        except ConnectionError as cause:
+            raise OSError(
+                "Cannot load model org/model: the model is not fully cached locally and an error occurred while "
+                "trying to fetch metadata from the Hub. Please check out the root cause in the stacktrace above."
+            ) from cause
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", offline)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError) as info:
+        load_model("org/model", device="cpu")
+    msg = str(info.value)
+    assert "stacktrace" not in msg and "\n" not in msg
+    assert "cause: ConnectionError: Cannot reach https://huggingface.co" in msg
+    assert "HF_HUB_OFFLINE is set" in msg
+
+
+def test_built_in_models_are_labelled_built_in(tmp_path, one_prompt):
+    r = invoke("generate", one_prompt, "-m", "tiny:flux", "--dense", "--height", 32, "--width", 32, "--steps", 1,
+               "--out", tmp_path / "out", "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "model: tiny random-weight model (FLUX) (built-in, cpu" in r.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output files, ab reruns
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_output_files_honour_the_umask(tmp_path, umask):
+    import na_accel.tools.media as media
+
+    old = os.umask(umask)
+    try:
+        paths = [
+            media.write_json(tmp_path / "a.json", {"x": 1}),
+            media.write_text(tmp_path / "a.md", "x"),
+            media.write_png(tmp_path / "a.png", np.zeros((8, 8, 3), dtype=np.uint8)),
+            media.write_mp4(tmp_path / "a.mp4", np.zeros((3, 16, 16, 3), dtype=np.uint8)),
+        ]
+    finally:
+        os.umask(old)
+    for p in paths:
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p.name
+
+
+def _ab_flux(prompt_file: Path, out: Path, *extra):
+    return invoke("ab", prompt_file, "--model", "tiny:flux", "--height", 32, "--width", 32, "--steps", 1,
+                  "--warmup", 0, "--no-attention", "--out", out, "-q", *extra)  # fmt: skip
+
+
+def _listed_files(out: Path) -> set[str]:
+    res = json.loads((out / "results.json").read_text())
+    return {p for c in res["configs"] for p in c["outputs"]} | set(res["comparisons"])
+
+
+def test_ab_defaults_to_dense_and_the_preset_and_refuses_an_earlier_run(tmp_path, prompts, one_prompt):
+    out = tmp_path / "ab"
+    r = _ab_flux(prompts, out)
+    assert r.exit_code == 0, r.output
+    assert "configs: dense, flux_fast (the flux preset" in r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert [c["name"] for c in res["configs"]] == ["dense", "flux_fast"]
+    assert "nothing tested" in (out / "results.md").read_text()  # flux_fast runs dense at this size and step count
+    assert res["configs"][1]["aggregate"]["verdict"] == "NOTHING TESTED"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    r = _ab_flux(one_prompt, out)
+    assert r.exit_code == 2 and "already holds an A/B run" in r.stderr and "--overwrite" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # untouched
+
+    (out / "notes.txt").write_text("mine")
+    r = _ab_flux(one_prompt, out, "--overwrite")
+    assert r.exit_code == 0, r.output
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    listed = _listed_files(out)
+    assert len(listed) == 3  # one prompt: dense, flux_fast, the comparison
+    assert written == listed | {"results.json", "results.md", "speed_vs_quality.png", "notes.txt"}
+
+
+def test_ab_plot_names_configs_in_a_legend():
+    from na_accel.tools.ab import speed_quality_figure
+
+    def row(name, x, ssim, psnr, verdict="PASS"):
+        return {"name": name, "aggregate": {"speedup_vs_dense": x, "ssim_mean": ssim, "psnr_mean": psnr,
+                                            "verdict": verdict}}  # fmt: skip
+
+    results = {
+        "model": "m",
+        "configs": [row("dense", 1.0, 1.0, math.inf, "dense"), row("a", 1.0, 1.0, 60.0),
+                    row("b", 1.0, 1.0, 60.0, "NOTHING TESTED"), row("c", 1.5, 0.9, 30.0)],
+    }  # fmt: skip
+    fig = speed_quality_figure(results)
+    try:
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == ["dense", "a", "b (ran dense)", "c"]
+        assert all(not ax.texts for ax in fig.axes)  # no point labels that could overlap
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_prompt_file_bom_and_invisible_characters(tmp_path):
+    from na_accel.tools.generate import read_prompts
+
+    p = tmp_path / "p.txt"
+    p.write_bytes("\ufeff# a comment\n\u200b\n \u200ba cat\u200b \n\u2060\ufeff\n\u00a0a dog\u200d\n".encode())
+    assert read_prompts(p) == ["a cat", "a dog"]
+    only = tmp_path / "only.txt"
+    only.write_bytes("\ufeff\n\u200b\u200c\n# x\n".encode())
+    from na_accel.errors import InputError
+
+    with pytest.raises(InputError, match="no prompts"):
+        read_prompts(only)
+
+
+def test_prompts_from_stdin(tmp_path):
+    out = tmp_path / "out"
+    text = "\ufeff# from stdin\na cat on a mat\n\u200b\n".encode()
+    r = invoke("generate", "-", "-m", "tiny:flux", "--dense", "--height", 32, "--width", 32, "--steps", 1,
+               "--out", out, "-q", input=text)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (png,) = out.glob("*.png")
+    assert json.loads(png.with_suffix(".json").read_text())["prompt"] == "a cat on a mat"
+    r = invoke("generate", "-", "--dense", "--out", tmp_path / "out2", input="# nothing\n")
+    assert r.exit_code == 2 and "no prompts in standard input" in r.stderr
+
+
+def test_long_prompt_truncation_is_warned_and_recorded(tmp_path):
+    p = tmp_path / "p.txt"
+    long = " ".join(["a small red fox runs through the deep white snow under a grey winter sky"] * 4)
+    p.write_text(f"a cat\n{long}\n")
+    out = tmp_path / "out"
+    r = invoke("generate", p, "-m", "tiny:flux", "--dense", "--height", 32, "--width", 32, "--steps", 1,
+               "--out", out, "-q")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: prompt 2 is longer than the text encoder takes")
+    short, cut = (json.loads(f.read_text()) for f in sorted(out.glob("*.json")))
+    assert short["prompt_truncation"] == [] and short["warnings"] == []
+    by_tok = {rec["tokenizer"]: rec for rec in cut["prompt_truncation"]}
+    t5 = by_tok["tokenizer_2"]  # T5, max_sequence_length 32 for the tiny model
+    assert t5["limit"] == 32 and t5["tokens"] > 32 and t5["dropped"] == t5["tokens"] - 32
+    assert by_tok["tokenizer"]["limit"] == 77  # CLIP
+    assert cut["warnings"] == [warnings[0][len("warning: ") :]]
+
+
+def test_failed_run_leaves_no_empty_output_directory(tmp_path, one_prompt, monkeypatch):
+    import na_accel.quality.run as run
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(run, "run_pipeline", boom)
+    out = tmp_path / "out"
+    r = invoke("generate", one_prompt, "--dense", "--out", out, "-q")
+    assert r.exit_code == 1 and "error: RuntimeError: out of memory" in r.stderr
+    assert not out.exists()
+
+
+def test_truncation_watch_ignores_the_default_negative_prompt():
+    """Cosmos encodes its long default negative prompt next to the prompt; its truncation is not the prompt's, even
+    when the prompt is a word of it."""
+    from diffusers.pipelines.cosmos.pipeline_cosmos_text2world import DEFAULT_NEGATIVE_PROMPT
+
+    from na_accel.tiny import tiny_pipeline
+    from na_accel.tools.generate import watch_truncation
+
+    pipe = tiny_pipeline("cosmos")
+    tokenizer = pipe.tokenizer
+    assert "blur" in DEFAULT_NEGATIVE_PROMPT
+    for prompt, expect in (("blur", 0), ("a fox " * 40, 1)):
+        with watch_truncation(pipe, prompt) as cut:
+            pipe.encode_prompt(prompt, do_classifier_free_guidance=True, max_sequence_length=32)
+        assert len(cut) == expect, cut
+    assert pipe.tokenizer is tokenizer  # restored

@@ -156,6 +156,11 @@ def _v1(**kw):
         (_v1(layers=[{"match": "a", "kernel_size": [2, 2, 2.0]}]), ["layers[0].kernel_size[2]"]),
         (_v1(quality={"min_psnr": "high"}), ["quality.min_psnr: expected a number"]),
         (_v1(quality={"min_pnsr": 20}), ["quality.min_pnsr: unknown key", "Did you mean 'min_psnr'?"]),
+        (_v1(quality={"min_ssim": 5}), ["quality.min_ssim: expected a number from -1 to 1 (SSIM), got 5"]),
+        (_v1(quality={"min_psnr": -1}), ["quality.min_psnr: expected a number, finite, of at least 0", "got -1"]),
+        (_v1(quality={"min_psnr": float("-inf")}), ["quality.min_psnr", "got -inf"]),
+        (_v1(quality={"max_latent_rel_l2": -0.5}), ["quality.max_latent_rel_l2", "at least 0"]),
+        (_v1(quality={"min_latent_cosine": 1.01}), ["quality.min_latent_cosine: expected a number from -1 to 1"]),
     ],
 )
 def test_schema_errors(data, expected):
@@ -177,6 +182,29 @@ def test_file_errors(tmp_path):
     empty.write_text("")
     assert "empty" in _error(empty)
     assert "config file not found" in _error(str(tmp_path / "missing.yaml"))
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys; a config with one is refused, naming both lines."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("version: 1\ndefaults:\n  kernel_size: 3\n  stride: 1\n  kernel_size: 5\n")
+    assert _error(dup) == (
+        f"{dup}: line 5: key 'kernel_size' appears twice in the same mapping (first on line 3); keep one of them."
+    )
+    top = tmp_path / "top.yaml"
+    top.write_text("version: 1\nquality: {min_psnr: 20}\nquality: {min_ssim: 0.5}\n")
+    assert "line 3: key 'quality' appears twice" in _error(top)
+    ok = tmp_path / "ok.yaml"  # the same key in different mappings is fine
+    ok.write_text("version: 1\nlayers:\n  - {match: a, kernel_size: 3}\n  - {match: b, kernel_size: 5}\n")
+    assert [r.kernel_size for r in load_config(ok).layers] == [3, 5]
+
+
+def test_threshold_overrides_are_range_checked():
+    from na_accel.patching.config import QualityThresholds
+
+    assert QualityThresholds().with_overrides(min_ssim=1.0, min_psnr=None).min_ssim == 1.0
+    with pytest.raises(na_accel.ConfigError, match="min_ssim: expected a number from -1 to 1"):
+        QualityThresholds().with_overrides(min_ssim=5)
 
 
 def test_unknown_preset_lists_available():

@@ -80,3 +80,36 @@ def test_compiled_blocks_do_not_recompile_per_step():
         assert handle.step == 4
         assert not torch.equal(sparse, again)  # other timesteps, same graphs
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("family", ["hunyuan", "wan"])
+def test_call_counts_under_compile_match_eager(family):
+    """Attention calls inside torch.compile cannot count themselves; the forward post-hook counts them from the plan,
+    so layer_plans() and call_counts() say the same under compile as in eager mode (and the summary says so)."""
+    torch._dynamo.reset()
+    kw = inputs(family, text_lengths=[5, 8] if family == "hunyuan" else None)
+    config = {"version": 1, "defaults": {**SPARSE[family], "dense_steps": 1}}
+
+    def three_steps(m, handle):
+        outs = []
+        for t in (900.0, 800.0, 700.0):  # step 0 dense, steps 1 and 2 sparse
+            outs.append(run(m, {**kw, "timestep": torch.full((2,), t)}))
+        return outs, handle.call_counts(), [(r["sparse_calls"], r["dense_calls"]) for r in handle.layer_plans()]
+
+    with torch.no_grad():
+        m = tiny_transformer(family)
+        with na_accel.patched(m, config=config) as handle:
+            eager, eager_counts, eager_rows = three_steps(m, handle)
+        m = tiny_transformer(family)
+        with na_accel.patched(m, config=config) as handle:
+            m.compile_repeated_blocks(fullgraph=True, backend="eager")
+            compiled, counts, rows = three_steps(m, handle)
+            summary = handle.summary()
+    n_layers = len(rows)
+    assert eager_counts == {"sparse": 2 * n_layers, "dense": n_layers, "fallback": 0, "compiled": 0}
+    assert counts == {"sparse": 2 * n_layers, "dense": n_layers, "fallback": 0, "compiled": 3 * n_layers}
+    assert rows == eager_rows == [(2, 1)] * n_layers
+    assert "inside torch.compile, counted as planned" in summary
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the compiled steps ran the sparse pattern
+    torch._dynamo.reset()

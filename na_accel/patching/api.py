@@ -97,7 +97,9 @@ class PatchHandle:
         self._tracker.new_generation()
 
     def layer_plans(self) -> list[dict[str, Any]]:
-        """One dict per self-attention layer: transformer, layer, rule, window (for the last seen grid), reason."""
+        """One dict per self-attention layer: transformer, layer, rule, window (for the last seen grid), reason, and
+        call counts (``sparse_calls``, ``dense_calls``, ``fallback_calls``; ``compiled_calls`` of them ran inside
+        torch.compile and are counted from the forward's plan)."""
         rows = []
         for p in self._patches:
             for layer in p.layers:
@@ -115,9 +117,24 @@ class PatchHandle:
                     "sparse_calls": layer.stats.sparse,
                     "dense_calls": layer.stats.dense,
                     "fallback_calls": layer.stats.fallback,
+                    "compiled_calls": layer.stats.compiled,
                     "last_fallback": layer.stats.last_fallback,
                 })  # fmt: skip
         return rows
+
+    def call_counts(self) -> dict[str, int]:
+        """Attention calls of the planned layers so far, summed over layers: ``sparse`` (GNA), ``dense`` (planned
+        dense: dense steps, windows covering the grid), ``fallback`` (declined, ran the original attention) and
+        ``compiled`` (calls inside torch.compile, already in ``sparse`` / ``dense`` as the plan had them)."""
+        out = {"sparse": 0, "dense": 0, "fallback": 0, "compiled": 0}
+        for p in self._patches:
+            for layer in p.layers:
+                st = layer.stats
+                out["sparse"] += st.sparse
+                out["dense"] += st.dense
+                out["fallback"] += st.fallback
+                out["compiled"] += st.compiled
+        return out
 
     def summary(self) -> str:
         """Readable per-layer plan: which layer got which window (resolved for the last seen grid, and the rule as

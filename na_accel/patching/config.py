@@ -50,6 +50,7 @@ __all__ = [
     "list_presets",
     "load_config",
     "preset_path",
+    "quality_value_problem",
 ]
 
 SUPPORTED_VERSIONS = (1,)
@@ -225,8 +226,34 @@ class QualityThresholds:
     min_latent_cosine: float | None = 0.97
 
     def with_overrides(self, **overrides: float | None) -> QualityThresholds:
-        """A copy with the given (non-None) values replaced, e.g. from command-line options."""
+        """A copy with the given (non-None) values replaced, e.g. from command-line options; :class:`ConfigError`
+        for a value outside its range (see :func:`quality_value_problem`)."""
+        for k, v in overrides.items():
+            why = None if v is None else quality_value_problem(k, v)
+            if why is not None:
+                raise ConfigError(f"quality threshold {k}: {why}")
         return replace(self, **{k: float(v) for k, v in overrides.items() if v is not None})
+
+
+#: Range of each quality threshold: a gate outside it can never pass (or always passes).
+QUALITY_RANGES: dict[str, tuple[float, float | None, str]] = {
+    "min_psnr": (0.0, None, "PSNR in dB of frames in [0, 1]"),
+    "min_ssim": (-1.0, 1.0, "SSIM"),
+    "max_latent_rel_l2": (0.0, None, "a relative L2 error"),
+    "min_latent_cosine": (-1.0, 1.0, "a cosine similarity"),
+}
+
+
+def quality_value_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the quality threshold ``key`` (None when it can): not a number, not finite, or
+    outside the metric's range."""
+    lo, hi, what = QUALITY_RANGES[key]
+    allowed = f"a number from {lo:g} to {hi:g}" if hi is not None else f"a number, finite, of at least {lo:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"expected {allowed} ({what}), got {value!r}."
+    if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+        return f"expected {allowed} ({what}), got {value:g}."
+    return None
 
 
 @dataclass(frozen=True)
@@ -562,8 +589,9 @@ def config_from_dict(data: Any, source: str = "<dict>", name: str | None = None)
     for key in _QUALITY_KEYS:
         if key in quality_data:
             v = quality_data[key]
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise _err(source, f"quality.{key}", f"expected a number, got {v!r}.")
+            why = quality_value_problem(key, v)
+            if why is not None:
+                raise _err(source, f"quality.{key}", why)
             qvals[key] = float(v)
     quality = QualityThresholds(**qvals)
 
@@ -629,6 +657,46 @@ def preset_path(name: str) -> Path:
     raise ConfigError(msg)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+_LOADER = None
+
+
+def _unique_key_loader():
+    """yaml.SafeLoader that raises :class:`_DuplicateKey` for a key repeated in one mapping (PyYAML keeps the last)."""
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                continue
+            if first is not None:
+                raise _DuplicateKey(key, line, first)
+            seen[key] = line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    _LOADER = UniqueKeyLoader
+    return _LOADER
+
+
 def _load_yaml(path: Path, name: str | None = None) -> NAConfig:
     import yaml
 
@@ -638,7 +706,12 @@ def _load_yaml(path: Path, name: str | None = None) -> NAConfig:
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read the config file: {exc}.") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"{source}: line {exc.line}: key {exc.key!r} appears twice in the same mapping (first on line "
+            f"{exc.first_line}); keep one of them."
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {exc}") from None
     if data is None:

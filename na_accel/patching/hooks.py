@@ -45,6 +45,7 @@ class TransformerPatch:
         self.other_attention: list[str] = []  # attention modules that are never patched (cross-attention, ...)
         self.forwards = 0
         self._hook = None
+        self._post_hook = None
         self._signature = inspect.signature(type(model).forward)
         self._installed_modules: list[str] = []
 
@@ -103,14 +104,16 @@ class TransformerPatch:
                 layer.module.processor = layer.wrapper
             hook = torch.compiler.disable(self.pre_hook)
             self._hook = self.model.register_forward_pre_hook(hook, with_kwargs=True)
+            self._post_hook = self.model.register_forward_hook(torch.compiler.disable(self.post_hook))
         except BaseException:
             self.remove()
             raise
 
     def remove(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for h in (self._hook, self._post_hook):
+            if h is not None:
+                h.remove()
+        self._hook = self._post_hook = None
         for layer in self.layers:
             if layer.wrapper is None:
                 continue
@@ -155,6 +158,14 @@ class TransformerPatch:
             elif step is not None and step < dense_steps:
                 dense_reason = f"dense step {step} (the first {dense_steps} steps are dense)"
         self.plan = ForwardPlan(layout, step, dense_reason, dense=dense_reason is not None)
+        for layer in self.layers:
+            layer.forward_started()
+        return None
+
+    def post_hook(self, module, args, output):
+        """Count the attention calls of this forward that ran inside torch.compile (see :class:`.plan.LayerStats`)."""
+        for layer in self.layers:
+            layer.forward_ended(self.plan)
         return None
 
     # ---- reporting -----------------------------------------------------------------------------------------------
@@ -190,6 +201,8 @@ class TransformerPatch:
             calls = f"calls: {st.sparse} sparse, {st.dense} dense"
             if st.fallback:
                 calls += f", {st.fallback} fallback (last: {st.last_fallback})"
+            if st.compiled:
+                calls += f" ({st.compiled} inside torch.compile, counted as planned)"
             lines.append(f"  {layer.name:<{width}}  {now}  <- rule {rule}: {configured}; {calls}")
         return lines
 

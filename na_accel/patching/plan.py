@@ -91,10 +91,19 @@ class ForwardPlan:
 
 @dataclass
 class LayerStats:
+    """Attention calls of one layer. Eager calls are counted where they are answered; a call inside torch.compile
+    cannot count itself, so the transformer's forward post-hook counts it from the forward's plan (sparse or dense)
+    and adds it to ``compiled`` as well (a fallback inside compiled code is then counted as planned)."""
+
     sparse: int = 0
     dense: int = 0
     fallback: int = 0
+    compiled: int = 0
     last_fallback: str | None = None
+
+    @property
+    def total(self) -> int:
+        return self.sparse + self.dense + self.fallback
 
 
 class LayerPatch:
@@ -116,6 +125,24 @@ class LayerPatch:
         self.params: GNAParams | None = None  # GNA params for the current grid; None: dense
         self.reason: str | None = static_reason  # why params is None
         self.stats = LayerStats()
+        self._calls_at_forward_start: int | None = None  # stats.total when the current forward began
+
+    # ---- counting calls that ran inside torch.compile ------------------------------------------------------------
+
+    def forward_started(self) -> None:
+        self._calls_at_forward_start = self.stats.total
+
+    def forward_ended(self, plan: ForwardPlan | None) -> None:
+        """After a forward: if no call of this layer was counted eagerly, it ran inside compiled code; count it as
+        the plan had it."""
+        start, self._calls_at_forward_start = self._calls_at_forward_start, None
+        if start is None or self.static_reason is not None or self.stats.total != start:
+            return
+        if plan is not None and not plan.dense and self.params is not None:
+            self.stats.sparse += 1
+        else:
+            self.stats.dense += 1
+        self.stats.compiled += 1
 
     # ---- planning (eager, in the pre-hook) --------------------------------------------------------------------
 

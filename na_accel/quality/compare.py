@@ -146,8 +146,11 @@ def compare_runs(
     random_weights: bool = False,
     generation: dict[str, Any] | None = None,
     with_lpips: bool = True,
+    attention_calls: dict[str, int] | None = None,
 ) -> QualityReport:
-    """Build a :class:`QualityReport` from a dense and a patched :class:`RunResult` of the same inputs."""
+    """Build a :class:`QualityReport` from a dense and a patched :class:`RunResult` of the same inputs
+    (``attention_calls``: the patch handle's :meth:`~na_accel.patching.api.PatchHandle.call_counts` for the patched
+    run, so that a run without any sparse call is reported as testing nothing)."""
     notes: list[str] = []
     if dense.latents is not None and patched.latents is not None:
         lm = latent_metrics(dense.latents, patched.latents)
@@ -184,6 +187,7 @@ def compare_runs(
         random_weights=random_weights,
         generation=dict(generation or {}),
         notes=notes,
+        attention_calls=dict(attention_calls) if attention_calls is not None else None,
     )
 
 
@@ -218,6 +222,7 @@ def compare(
     with patched(pipe, cfg) as handle:
         patched_run = run_pipeline(pipe, prompt, seed, progress=progress, **gen_kwargs)
         notes = coverage_notes(handle, cfg, steps)
+        calls = handle.call_counts()
     errors = None
     if attention and cal in dense_run.captured:
         errors = attention_layer_errors(pipe, cfg, dense_run.captured[cal])
@@ -235,20 +240,22 @@ def compare(
         calibration_step=cal if errors is not None else None,
         random_weights=random_weights,
         generation={k: v for k, v in gen_kwargs.items() if isinstance(v, (int, float, str))},
+        attention_calls=calls,
     )
     report.notes.extend(notes)
     return report
 
 
-def coverage_notes(handle: PatchHandle, config: NAConfig, steps: int) -> list[str]:
-    """Warnings that make a comparison vacuous: every step dense, or every window covering the whole grid."""
+def coverage_notes(handle: PatchHandle, config: NAConfig, steps: int, comparison: bool = True) -> list[str]:
+    """Warnings that make a comparison (``comparison=True``) or a patched generation vacuous: every step dense, or
+    every window covering the whole grid."""
     notes = []
     ds = config.dense_steps
     if ds >= steps:
+        what = "for a meaningful check (the attention error above is measured with the sparse windows all the same)"
         notes.append(
             f"all {steps} denoising step(s) ran dense (the config's dense_steps is {ds}): the patched run equals "
-            f"dense; use --steps > {ds} for a meaningful check (the attention error above is measured with the "
-            "sparse windows all the same)"
+            f"dense; use --steps > {ds} " + (what if comparison else "to run sparse steps")
         )
     covering, grid = [], None
     for r in handle.layer_plans():

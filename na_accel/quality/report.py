@@ -48,7 +48,10 @@ class QualityReport:
 
     ``psnr`` / ``ssim`` values are in dB / [-1, 1]; ``psnr`` is ``inf`` for identical frames (written to JSON as
     the string ``"inf"``). ``attention`` lists ``{"name", "rel_l2"}`` per attention module on the calibration
-    step. ``passed`` is True when every threshold that is set holds; ``failures`` says which did not.
+    step. ``attention_calls`` counts the patched run's attention calls (``PatchHandle.call_counts()``: sparse,
+    dense, fallback, compiled; None when unknown). ``verdict`` is ``FAIL`` when a threshold that is set does not
+    hold (``failures`` says which), else ``NOTHING TESTED`` when the patched run made no sparse attention call (it
+    ran dense, so the comparison says nothing about the config), else ``PASS``; ``passed`` is True only for ``PASS``.
     """
 
     model: str
@@ -71,6 +74,7 @@ class QualityReport:
     random_weights: bool = False
     generation: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    attention_calls: dict[str, int] | None = None
 
     @property
     def psnr_mean(self) -> float | None:
@@ -117,8 +121,23 @@ class QualityReport:
         return out
 
     @property
+    def sparse_calls(self) -> int | None:
+        return None if self.attention_calls is None else int(self.attention_calls.get("sparse", 0))
+
+    @property
+    def tested(self) -> bool:
+        """False when the patched run made no sparse attention call (True when the counts are unknown)."""
+        return self.sparse_calls is None or self.sparse_calls > 0
+
+    @property
+    def verdict(self) -> str:
+        if self.failures:
+            return "FAIL"
+        return "PASS" if self.tested else "NOTHING TESTED"
+
+    @property
     def passed(self) -> bool:
-        return not self.failures
+        return self.verdict == "PASS"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -131,6 +150,9 @@ class QualityReport:
             speedup=self.speedup,
             passed=self.passed,
             failures=self.failures,
+            sparse_calls=self.sparse_calls,
+            tested=self.tested,
+            verdict=self.verdict,
         )
         return json_safe(d)
 
@@ -146,7 +168,7 @@ class QualityReport:
             " [tiny random-weight model]" if self.random_weights and "tiny" not in self.model else ""
         )
         lines = [
-            f"Quality check: {self.config} vs dense  ({'PASS' if self.passed else 'FAIL'})",
+            f"Quality check: {self.config} vs dense  ({self.verdict})",
             f"  model: {model}",
             f"  prompt: {self.prompt!r}  seed: {self.seed}",
         ]
@@ -182,6 +204,15 @@ class QualityReport:
             lines.append(
                 f"  time: dense {self.dense_time_s:.2f} s, patched {self.patched_time_s:.2f} s "
                 f"(x{f(self.speedup, '.2f')}; not a benchmark)"
+            )
+        if self.attention_calls is not None:
+            c = self.attention_calls
+            calls = f"{c.get('sparse', 0)} sparse, {c.get('dense', 0)} dense, {c.get('fallback', 0)} fallback"
+            lines.append(f"  attention calls of the patched run: {calls}")
+        if not self.tested:
+            lines.append(
+                "  NOTHING TESTED: the patched run made no sparse attention call, so it equals dense and says "
+                "nothing about the config (see the notes)"
             )
         for note in self.notes:
             lines.append(f"  note: {note}")

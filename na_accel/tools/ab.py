@@ -9,12 +9,17 @@
 * ``outputs/<config>/<NNN>_<prompt>.{png,mp4}`` -- every generated output;
 * ``compare/<NNN>_<prompt>.{png,mp4}`` -- the configs side by side (images as a labelled grid, videos as one
   labelled video).
+
+A config whose patched run made no sparse attention call is reported as ``nothing tested`` (its output equals
+dense). :func:`previous_run_files` / :func:`remove_previous_run` find and remove an earlier run in a directory, so
+that a new run does not leave old outputs that its tables do not list.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,35 @@ from ..quality.run import RunResult, run_pipeline
 from . import media
 from .generate import LoadedModel, ResolvedConfig, device_description, maybe_patched, now_iso, versions
 
-__all__ = ["run_ab", "results_markdown", "plot_speed_quality"]
+__all__ = ["plot_speed_quality", "previous_run_files", "remove_previous_run", "results_markdown", "run_ab"]
+
+#: What :func:`run_ab` writes into its output directory.
+RUN_FILES = ("results.json", "results.md", "speed_vs_quality.png")
+RUN_DIRS = ("outputs", "compare")
+
+
+def previous_run_files(out_dir: Path) -> list[str]:
+    """The files and folders of an earlier A/B run in ``out_dir`` (empty when there is none)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    found += [f"{name}/" for name in RUN_DIRS if (out_dir / name).exists()]
+    return found
+
+
+def remove_previous_run(out_dir: Path) -> None:
+    """Remove what :func:`run_ab` wrote into ``out_dir`` (its three files and its ``outputs/`` and ``compare/``
+    folders); anything else in the directory is left alone."""
+    out_dir = Path(out_dir)
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def _mean(vals: Sequence[float | None]) -> float | None:
@@ -62,8 +95,11 @@ def _aggregate(name: str, runs: list[RunResult], reports: list[QualityReport] | 
             latent_cosine=1.0,
             attention_max_rel_l2=0.0,
             passed=True,
+            verdict="dense",
         )
     else:
+        verdicts = [r.verdict for r in reports]
+        calls = [r.sparse_calls for r in reports]
         agg.update(
             psnr_mean=_mean([r.psnr_mean for r in reports]),
             ssim_mean=_mean([r.ssim_mean for r in reports]),
@@ -72,6 +108,8 @@ def _aggregate(name: str, runs: list[RunResult], reports: list[QualityReport] | 
             latent_cosine=_mean([r.latent_cosine for r in reports]),
             attention_max_rel_l2=max([r.attention_max_rel_l2 or 0.0 for r in reports], default=None),
             passed=all(r.passed for r in reports),
+            verdict="FAIL" if "FAIL" in verdicts else "NOTHING TESTED" if "NOTHING TESTED" in verdicts else "PASS",
+            sparse_calls=None if None in calls else sum(calls),
             failures=sorted({f for r in reports for f in r.failures}),
             notes=sorted({note for r in reports for note in r.notes}),
         )
@@ -93,7 +131,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     ]
     for row in results["configs"]:
         a = row["aggregate"]
-        gate = "dense" if row["name"] == "dense" else ("pass" if a.get("passed") else "FAIL")
+        verdict = a.get("verdict") or ("pass" if a.get("passed") else "FAIL")
+        gate = {"PASS": "pass", "NOTHING TESTED": "nothing tested (ran dense)"}.get(verdict, verdict)
         lines.append(
             f"| {row['name']} | {_fmt(a['mean_step_s'], '.3f')} | {_fmt(a['total_s'], '.2f')} | "
             f"{_fmt(a['speedup_vs_dense'], '.2f')}x | {_fmt(a['peak_mem_gib'], '.2f')} | "
@@ -121,8 +160,9 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_speed_quality(results: dict[str, Any], path: Path) -> Path:
-    """Scatter of speedup vs SSIM and vs PSNR, one labelled point per config (PNG, Agg backend)."""
+def speed_quality_figure(results: dict[str, Any]) -> Any:
+    """The matplotlib figure of :func:`plot_speed_quality`: one marker per config on each axis, named in a legend
+    (so that configs at the same point do not print their names over each other)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -130,18 +170,25 @@ def plot_speed_quality(results: dict[str, Any], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "sodv^<>pPXh*"
+    handles = []
     for k, row in enumerate(results["configs"]):
         a = row["aggregate"]
         x = a.get("speedup_vs_dense")
         if x is None:
             continue
         color = colors[k % len(colors)]
+        marker = "s" if row["name"] == "dense" else markers[1 + (k - 1) % (len(markers) - 1)]
+        label = row["name"] + (" (ran dense)" if a.get("verdict") == "NOTHING TESTED" else "")
+        handle = None
         for ax, key in ((axes[0], "ssim_mean"), (axes[1], "psnr_mean")):
             y = a.get(key)
             if y is None or (isinstance(y, float) and math.isinf(y)):
                 continue
-            ax.scatter([x], [y], s=40, color=color, marker="s" if row["name"] == "dense" else "o")
-            ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            h = ax.scatter([x], [y], s=50, color=color, marker=marker, alpha=0.8, label=label)
+            handle = handle or h
+        if handle is not None:
+            handles.append(handle)
     xs = [r["aggregate"].get("speedup_vs_dense") for r in results["configs"]]
     xs = [x for x in xs if x is not None] or [1.0]
     lo, hi = min(xs + [1.0]), max(xs + [1.0])
@@ -152,9 +199,18 @@ def plot_speed_quality(results: dict[str, Any], path: Path) -> Path:
     for ax in axes:
         ax.set_xlabel("speedup vs dense (total time)")
         ax.grid(True, alpha=0.3)
-    title = f"na_accel: speed vs quality -- {results['model']}"
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle(f"na_accel: speed vs quality -- {results['model']}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
+    return fig
+
+
+def plot_speed_quality(results: dict[str, Any], path: Path) -> Path:
+    """Scatter of speedup vs SSIM and vs PSNR, one marker per config, named in a legend (PNG, Agg backend)."""
+    import matplotlib.pyplot as plt
+
+    fig = speed_quality_figure(results)
     with media.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
@@ -173,8 +229,19 @@ def run_ab(
     progress: bool = True,
     attention: bool = True,
     echo: Callable[[str], None] = print,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every config (dense first) on every prompt with seed ``seed + prompt index``; write the results."""
+    """Run every config (dense first) on every prompt with seed ``seed + prompt index``; write the results.
+
+    ``warn`` (default: ``echo`` with a ``warning:`` prefix) gets one line per prompt cut off at the text encoder's
+    limit and per config that made no sparse attention call."""
+    from .generate import truncation_text, watch_truncation
+
+    if warn is None:
+
+        def warn(msg: str) -> None:
+            echo(f"warning: {msg}")
+
     out_dir = Path(out_dir)
     steps = int(gen_kwargs.get("num_inference_steps") or 50)
     sparse = [c for c in configs if c.config is not None]
@@ -197,15 +264,21 @@ def run_ab(
     reports: dict[str, list[QualityReport]] = {c.name: [] for c in sparse}
     outputs: dict[str, list[str]] = {c.name: [] for c in ordered}
     comparisons: list[str] = []
+    truncation: list[list[dict[str, Any]]] = []
+    warned: set[str] = set()
     n = len(prompts)
     for i, prompt in enumerate(prompts):
         s = seed + i
         stem = f"{i:03d}_{media.slugify(prompt)}{tag}"
         frames: list[tuple[str, Any]] = []
         echo(f"[{i + 1}/{n}] dense: {prompt!r} (seed {s})")
-        dense = run_pipeline(
-            pipe, prompt, s, capture_step=set(cal.values()) if attention else None, progress=progress, **gen_kwargs
-        )
+        with watch_truncation(pipe, prompt) as cut:
+            dense = run_pipeline(
+                pipe, prompt, s, capture_step=set(cal.values()) if attention else None, progress=progress, **gen_kwargs
+            )
+        truncation.append(cut)
+        if cut:
+            warn(truncation_text(i, cut))
         runs["dense"].append(dense)
         frames.append(("dense", dense.frames))
         p = media.write_media(out_dir / "outputs" / "dense" / stem, dense.frames, fps=lm.fps)
@@ -215,6 +288,11 @@ def run_ab(
             with maybe_patched(pipe, c.config) as handle:
                 r = run_pipeline(pipe, prompt, s, progress=progress, **gen_kwargs)
                 notes = coverage_notes(handle, c.config, steps)
+                calls = handle.call_counts()
+            if calls["sparse"] == 0 and c.name not in warned:
+                warned.add(c.name)
+                warn(f"{c.name} made no sparse attention call, so its outputs equal dense (nothing tested): "
+                     + ("; ".join(notes) or "see the notes in results.md"))  # fmt: skip
             errors = None
             if attention and cal[c.name] in dense.captured:
                 errors = attention_layer_errors(pipe, c.config, dense.captured[cal[c.name]])
@@ -230,6 +308,7 @@ def run_ab(
                 calibration_step=cal[c.name] if errors is not None else None,
                 random_weights=lm.random_weights,
                 generation={k: v for k, v in gen_kwargs.items() if isinstance(v, (int, float, str))},
+                attention_calls=calls,
             )
             rep.notes.extend(notes)
             runs[c.name].append(r)
@@ -273,6 +352,7 @@ def run_ab(
         "created": now_iso(),
         "generation": {k: v for k, v in gen_kwargs.items() if isinstance(v, (int, float, str))},
         "prompts": list(prompts),
+        "prompt_truncation": truncation,
         "seeds": [seed + i for i in range(n)],
         "warmup_runs": warmup,
         "configs": rows,

@@ -4,6 +4,10 @@ Speed does not depend on the weights, so the transformer is built directly on th
 model's configuration (the family adapter's ``real_config``), fed random inputs of the real shapes, and one
 denoising step (one transformer call) is timed dense and patched. On a CPU only the tiny transformer can be used
 (``tiny=True``), which exercises the code path but measures nothing meaningful.
+
+The record says whether the patched step really ran sparse attention (``patched_step_sparse``): at a small token
+grid a config's windows may cover the whole grid, and then the "patched" step is a dense step; its speedup and the
+projection are then left out (null) rather than reported as a sparse step's.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 from ..errors import InputError
 from ..patching.families import family_adapter
 
-__all__ = ["BenchCase", "build_transformer", "family_from", "make_case", "run_bench"]
+__all__ = ["BenchCase", "build_transformer", "count_text", "family_from", "make_case", "run_bench"]
 
 
 def family_from(family: str | None, model_class: str | None) -> str:
@@ -79,9 +83,15 @@ def make_case(family: str, height: int | None, width: int | None, frames: int | 
     w = width if width is not None else sizes["width"]
     f = frames if frames is not None else sizes["frames"]
     mult = sizes["vae_spatial"] * 2
+    from .generate import MAX_FRAMES, MAX_SIDE
+
     for name, v in (("height", h), ("width", w)):
-        if v <= 0 or v % mult:
+        if not 1 <= v <= MAX_SIDE:
+            raise InputError(f"--{name} {v} is out of range: height and width must be between {mult} and {MAX_SIDE}")
+        if v % mult:
             raise InputError(f"--{name} {v} is not a positive multiple of {mult} (VAE scale x patch size)")
+    if not 1 <= f <= MAX_FRAMES:
+        raise InputError(f"--frames {f} is out of range: the frame count must be between 1 and {MAX_FRAMES}")
     if family == "flux":
         if f != 1:
             raise InputError(f"FLUX generates images; --frames must be 1 or omitted, got {f}")
@@ -161,7 +171,7 @@ def run_bench(
     n_params = sum(p.numel() for p in tr.parameters())
     inputs = family_adapter(family).example_inputs(tr, case.latent_shape, case.text_tokens, device, dtype)
     echo(
-        f"built {type(tr).__name__} ({n_params / 1e9:.2f}B parameters, {str(dtype).replace('torch.', '')}) "
+        f"built {type(tr).__name__} ({count_text(n_params)} parameters, {str(dtype).replace('torch.', '')}) "
         f"on {device} in {build_s:.1f} s; token grid {case.token_grid}"
     )
 
@@ -185,12 +195,15 @@ def run_bench(
         patched_mem = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
         patch_summary = handle.summary()
         layer_plans = plan_rows(handle)
+        calls = handle.call_counts()
+        dense_reason = _dense_reason(handle, calls)
     finally:
         handle.unpatch()
     d, p = statistics.median(dense), statistics.median(patched)
+    sparse = calls["sparse"] > 0
     ds = min(config.dense_steps, total_steps)
     proj_dense = total_steps * d
-    proj_patched = ds * d + (total_steps - ds) * p
+    proj_patched = ds * d + (total_steps - ds) * p if sparse else None
     return {
         "family": family,
         "model_class": type(tr).__name__,
@@ -211,18 +224,41 @@ def run_bench(
         "patched_step_s": p,
         "dense_step_all_s": dense,
         "patched_step_all_s": patched,
-        "speedup_per_sparse_step": d / p if p > 0 else None,
+        "patched_step_sparse": sparse,
+        "patched_attention_calls": calls,
+        "patched_dense_reason": None if sparse else dense_reason,
+        "speedup_per_sparse_step": d / p if sparse and p > 0 else None,
         "dense_steps": ds,
         "projection_steps": total_steps,
         "projected_dense_s": proj_dense,
         "projected_patched_s": proj_patched,
-        "projected_speedup": proj_dense / proj_patched if proj_patched > 0 else None,
+        "projected_speedup": proj_dense / proj_patched if proj_patched else None,
         "peak_mem_dense_bytes": dense_mem,
         "peak_mem_patched_bytes": patched_mem,
         "patch_summary": patch_summary,
         "patch_layers": layer_plans,
         "build_s": build_s,
     }
+
+
+def count_text(n: int) -> str:
+    """A parameter count for people: 123, 45.6K, 7.89M, 12.8B."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def _dense_reason(handle: Any, calls: dict[str, int]) -> str | None:
+    """Why the timed patched calls made no sparse attention call (None when they made one)."""
+    if calls["sparse"]:
+        return None
+    reasons = []
+    for row in handle.layer_plans():
+        why = row["dense_reason"] or (f"fallback: {row['last_fallback']}" if row["last_fallback"] else None)
+        if why and why not in reasons:
+            reasons.append(why)
+    return "; ".join(reasons) or "every attention call ran dense"
 
 
 def _patch(na_accel: Any, tr: Any, config: Any) -> Any:

@@ -5,26 +5,38 @@ offline on a CPU in seconds; its outputs are labelled "tiny random-weight model"
 Face hub id or a local diffusers pipeline directory (``DiffusionPipeline.from_pretrained``); ``--model
 tiny:<family>`` picks another tiny family (hunyuan, flux, cosmos, wan).
 
-Bad input (missing or empty prompt file, unknown preset, invalid YAML, unsupported model, a size the model cannot
-take, an output directory that cannot be written) gives a one-line ``error: ...`` on stderr and exit code 2,
-before anything is written. A failed quality gate (``check``) exits with 1.
+Bad input (missing or empty prompt file, unknown preset, invalid YAML, unsupported model, a size, step count, seed,
+device or threshold out of range, an output directory that cannot be written) gives a one-line ``error: ...`` on
+stderr and exit code 2, before anything is written; values that do not need the model are checked before it is
+loaded. A failed quality gate (``check``) exits with 1. Prompt files hold one prompt per line (``-`` reads
+standard input); warnings (a prompt cut off at the text encoder's limit, a patched run without any sparse
+attention call) go to stderr as ``warning: ...`` lines and into the JSON records.
 
 torch and diffusers are imported inside the commands, so ``na-accel --help`` answers at once.
 
-Files written (every file is written to a temporary name and moved into place):
+Files written (every file is written to a temporary name and moved into place, with the mode the umask gives; the
+output directory is created with the first file, so a run that fails before writing leaves no empty directory):
 
-* ``generate``: ``<out>/<NNN>_<prompt-slug>__<config>[__tiny-random-weight-model].{mp4,png}`` and a ``.json``
-  sidecar with: file, kind (video|image), model, model_id, model_class, transformer_class, family,
-  random_weights, config, config_source, patch (summary text and per-layer plan, null for dense), prompt,
-  prompt_index, seed (= --seed + prompt index), height, width, frames, fps, steps, generation_kwargs,
-  timings (total_s, step_s, mean_step_s, model_load_s), peak_gpu_mem_bytes (null off CUDA), versions
-  (python, na_accel, torch, diffusers, triton, transformers), device, dtype, created, command.
-* ``ab``: see :mod:`na_accel.tools.ab` (results.json, results.md, speed_vs_quality.png, outputs/, compare/).
-* ``check --json``: model, random_weights, config, config_source, passed, device, versions, created, and
-  reports (``QualityReport.to_dict()``: latent_rel_l2, latent_cosine, psnr_per_frame, psnr_mean,
-  ssim_per_frame, ssim_mean, lpips_*, attention [{name, rel_l2}], calibration_step, thresholds, passed,
-  failures, notes, timings).
+* ``generate``: ``<out>/<NNN>_<prompt-slug>__<config>[-ran-dense][__tiny-random-weight-model].{mp4,png}``
+  (``-ran-dense``: the config made no sparse attention call, so the output equals dense) and a ``.json`` sidecar
+  with: file, kind (video|image), model, model_id, model_class, transformer_class, family, random_weights,
+  config, config_source, patch (summary text, per-layer plan, attention_calls {sparse, dense, fallback,
+  compiled} of this prompt's run, ran_sparse; null for dense), prompt, prompt_index, seed (= --seed + prompt
+  index), height, width, frames, fps, steps, generation_kwargs (every setting the pipeline ran with: its
+  defaults, the model's and the user's values), prompt_truncation ([{tokenizer, tokenizer_class, tokens, limit,
+  dropped}], empty when the prompt fit), warnings, timings (total_s, step_s, mean_step_s, model_load_s),
+  peak_gpu_mem_bytes (null off CUDA), versions (python, na_accel, torch, diffusers, triton, transformers),
+  device, dtype, created, command.
+* ``ab``: see :mod:`na_accel.tools.ab` (results.json, results.md, speed_vs_quality.png, outputs/, compare/). An
+  output directory holding an earlier A/B run is refused unless ``--overwrite`` (which first removes that run).
+* ``check --json``: model, random_weights, config, config_source, verdict (PASSED | FAILED | NOTHING TESTED),
+  passed, allow_dense, device, versions, created, and reports (``QualityReport.to_dict()``: latent_rel_l2,
+  latent_cosine, psnr_per_frame, psnr_mean, ssim_per_frame, ssim_mean, lpips_*, attention [{name, rel_l2}],
+  calibration_step, thresholds, attention_calls, sparse_calls, tested, verdict, passed, failures, notes,
+  timings). NOTHING TESTED (the patched run made no sparse attention call) exits with 1 unless --allow-dense.
 * ``bench``: ``<out>/e2e_<family>_<config>[_tiny]_<time>.json`` with dense_step_s, patched_step_s,
+  patched_step_sparse (false when every attention call of the patched step ran dense: then
+  speedup_per_sparse_step and the projection are null), patched_attention_calls (warm-up and timed calls),
   speedup_per_sparse_step, dense_steps, projected_dense_s / projected_patched_s / projected_speedup (for
   --total-steps), token_grid, shapes, peak memory, patch_summary, patch_layers, device, versions.
 
@@ -56,6 +68,25 @@ app = typer.Typer(
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"na-accel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version of na_accel and exit."),
+    ] = False,
+) -> None:
+    """Fused generalized neighborhood attention for diffusers video/image transformers."""
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Shared options
 # ------------------------------------------------------------------------------------------------------------
@@ -69,11 +100,16 @@ ModelOpt = Annotated[
         "'tiny:<family>' picks hunyuan|flux|cosmos|wan.",
     ),
 ]
+PromptFileArg = Annotated[
+    Path, typer.Argument(help="Text file, one prompt per non-empty line ('#' comments); - reads standard input.")
+]
 HeightOpt = Annotated[int | None, typer.Option("--height", help="Height in pixels (default: the model's).")]
 WidthOpt = Annotated[int | None, typer.Option("--width", help="Width in pixels (default: the model's).")]
 FramesOpt = Annotated[int | None, typer.Option("--frames", help="Number of frames (video models; 4k+1 etc.).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Denoising steps (default: the model's).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the first prompt; prompt i uses seed + i.")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed of the first prompt (0 to 2**64-1); prompt i uses seed + i.")
+]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N (default: cuda if available).")]
 DtypeOpt = Annotated[
     str | None, typer.Option("--dtype", help="float32|bfloat16|float16 (default: bf16 on CUDA, fp32 on CPU).")
@@ -107,11 +143,21 @@ def _handle_errors() -> Iterator[None]:
             _fail(str(e), EXIT_BAD_INPUT)
         if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
             _fail(f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else str(e), EXIT_BAD_INPUT)
-        _fail(f"{type(e).__name__}: {e} (set NA_ACCEL_DEBUG=1 for the traceback)", EXIT_FAILED)
+        _fail(f"{type(e).__name__}: {_short(str(e))} (set NA_ACCEL_DEBUG=1 for the traceback)", EXIT_FAILED)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """The first line of an unexpected error, cut to ``limit`` characters (torch appends whole C++ stacks)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _info(msg: str) -> None:
     typer.echo(msg, err=True)
+
+
+def _warn(msg: str) -> None:
+    typer.echo(f"warning: {_one_line(msg)}", err=True)
 
 
 def _check_out(out: Path) -> None:
@@ -132,16 +178,9 @@ def _check_media(lm: Any) -> None:
             _fail(why)
 
 
-def _prepare_out(out: Path) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        _fail(f"cannot create output directory {str(out)!r}: {e.strerror or e}")
-    return out
-
-
 def _quiet_libraries() -> None:
-    """Keep diffusers/transformers warnings (e.g. prompt truncation) off the terminal; errors still show."""
+    """Keep diffusers/transformers warnings off the terminal (na_accel reports prompt truncation itself); errors
+    still show."""
     with contextlib.suppress(Exception):
         from diffusers.utils import logging as dlog
 
@@ -150,6 +189,13 @@ def _quiet_libraries() -> None:
         from transformers.utils import logging as tlog
 
         tlog.set_verbosity_error()
+
+
+def _preflight(model: str | None, **values: Any) -> None:
+    """Validate what does not need the model (sizes, steps, seed, device, dtype) before loading it."""
+    from .generate import check_request
+
+    check_request(model, **values)
 
 
 def _load(model: str | None, device: str | None, dtype: str | None, quiet: bool = False) -> Any:
@@ -161,8 +207,12 @@ def _load(model: str | None, device: str | None, dtype: str | None, quiet: bool 
             from diffusers.utils import logging as dlog
 
             dlog.disable_progress_bar()
+        with contextlib.suppress(Exception):
+            from transformers.utils import logging as tlog
+
+            tlog.disable_progress_bar()
     lm = load_model(model, device=device, dtype=dtype)
-    where = "built-in" if lm.random_weights and model is None else "loaded"
+    where = "built-in" if lm.source == "built-in" else f"loaded from a {lm.source}"
     _info(f"model: {lm.label} ({where}, {lm.device}, {lm.dtype}, {lm.load_s:.1f} s)")
     return lm
 
@@ -174,7 +224,7 @@ def _load(model: str | None, device: str | None, dtype: str | None, quiet: bool 
 
 @app.command()
 def generate(
-    prompt_file: Annotated[Path, typer.Argument(help="Text file, one prompt per non-empty line ('#' comments).")],
+    prompt_file: PromptFileArg,
     model: ModelOpt = None,
     config: Annotated[
         str | None,
@@ -198,6 +248,8 @@ def generate(
         prompts = read_prompts(prompt_file)
         if dense and config is not None and config not in ("dense", "none"):
             _fail("--dense and --config are mutually exclusive")
+        _preflight(model, height=height, width=width, frames=frames, steps=steps, seed=seed,
+                   n_prompts=len(prompts), device=device, dtype=dtype)  # fmt: skip
         _check_out(out)
         rc = _resolve_cfg(config, dense)  # before the model: an unknown preset or bad YAML fails fast
         lm = _load(model, device, dtype, quiet)
@@ -207,7 +259,6 @@ def generate(
         kw = generation_kwargs(lm, height, width, frames, steps)
         _fits(lm, rc, kw)
         _check_media(lm)
-        _prepare_out(out)
         _run_generate(lm, rc, prompts, kw, seed, out, progress=not quiet)
 
 
@@ -220,13 +271,20 @@ def _resolve_cfg(config: str | None, dense: bool) -> Any:
 
 
 def _default_cfg(lm: Any) -> Any:
-    from .generate import default_config_for, resolve_config
+    from .generate import resolve_config
+
+    name = _default_cfg_name(lm)
+    _info(f"config: {name} (the {lm.family} preset; --dense for the unpatched model)")
+    return resolve_config(name)
+
+
+def _default_cfg_name(lm: Any) -> str:
+    from .generate import default_config_for
 
     name = default_config_for(lm)
     if name is None:
         _fail(f"no shipped preset for {lm.label}; pass --config NAME_OR_PATH or --dense")
-    _info(f"config: {name} (the {lm.family} preset; --dense for the unpatched model)")
-    return resolve_config(name)
+    return name
 
 
 def _fits(lm: Any, rc: Any, kw: dict) -> None:
@@ -235,22 +293,88 @@ def _fits(lm: Any, rc: Any, kw: dict) -> None:
     check_config_fits(lm, rc, kw)
 
 
+def _calls_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def no_sparse_text(name: str, handle: Any, config: Any, steps: int, calls: dict[str, int]) -> str:
+    """Why a patched run made no sparse attention call, on one line."""
+    from ..quality.compare import coverage_notes
+
+    reasons = coverage_notes(handle, config, steps, comparison=False)
+    if calls.get("fallback"):
+        last = next((r["last_fallback"] for r in handle.layer_plans() if r["last_fallback"]), None)
+        reasons.append(f"{calls['fallback']} attention call(s) fell back to dense (last: {last})")
+    why = "; ".join(reasons) if reasons else "every planned layer ran dense (see the patch summary in the sidecar)"
+    return f"{name} made no sparse attention call, so the output equals dense: {why}"
+
+
+def _settings(kw: dict, frames: Any) -> dict[str, Any]:
+    """The scalar generation settings of a run, with the size that actually came out."""
+    out = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool))}
+    f, _, h, w = frames.shape
+    out.setdefault("height", h)
+    out.setdefault("width", w)
+    if f > 1:
+        out.setdefault("num_frames", f)
+    return out
+
+
 def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out: Path, progress: bool) -> None:
     from ..quality.run import run_pipeline
     from . import media
     from .bench import plan_rows
-    from .generate import command_line, device_description, maybe_patched, now_iso, versions
+    from .generate import (
+        command_line,
+        device_description,
+        maybe_patched,
+        now_iso,
+        truncation_text,
+        versions,
+        watch_truncation,
+    )
 
     n = len(prompts)
     tag = f"__{lm.file_tag}" if lm.file_tag else ""
     vers = versions()
     dev = device_description(lm.device)
+    steps = int(kw.get("num_inference_steps") or 0)
+    shown: set[str] = set()
+    n_dense_only = 0
+
+    def warn_once(msg: str) -> None:
+        if msg not in shown:
+            shown.add(msg)
+            _warn(msg)
+
     with maybe_patched(lm.pipe, rc.config) as handle:
         for i, prompt in enumerate(prompts):
             s = seed + i
             _info(f"[{i + 1}/{n}] {rc.name}: {prompt!r} (seed {s})")
-            r = run_pipeline(lm.pipe, prompt, s, progress=progress, **kw)
-            stem = out / f"{i:03d}_{media.slugify(prompt)}__{rc.name}{tag}"
+            before = handle.call_counts() if handle is not None else None
+            with watch_truncation(lm.pipe, prompt) as cut:
+                r = run_pipeline(lm.pipe, prompt, s, progress=progress, **kw)
+            warnings: list[str] = []
+            if cut:
+                warnings.append(truncation_text(i, cut))
+                _warn(warnings[-1])
+            patch_info = None
+            name = rc.name
+            if handle is not None:
+                calls = _calls_delta(handle.call_counts(), before)
+                ran_sparse = calls["sparse"] > 0
+                patch_info = {
+                    "summary": handle.summary(),
+                    "layers": plan_rows(handle),
+                    "attention_calls": calls,
+                    "ran_sparse": ran_sparse,
+                }
+                if not ran_sparse:
+                    n_dense_only += 1
+                    name = f"{rc.name}-ran-dense"
+                    warnings.append(no_sparse_text(rc.name, handle, rc.config, steps, calls))
+                    warn_once(warnings[-1])
+            stem = out / f"{i:03d}_{media.slugify(prompt)}__{name}{tag}"
             path = media.write_media(stem, r.frames, fps=lm.fps)
             f, _, h, w = r.frames.shape
             sidecar = {
@@ -264,7 +388,7 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
                 "random_weights": lm.random_weights,
                 "config": rc.name,
                 "config_source": rc.source,
-                "patch": None if handle is None else {"summary": handle.summary(), "layers": plan_rows(handle)},
+                "patch": patch_info,
                 "prompt": prompt,
                 "prompt_index": i,
                 "seed": s,
@@ -273,7 +397,9 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
                 "frames": f,
                 "fps": lm.fps if f > 1 else None,
                 "steps": kw.get("num_inference_steps"),
-                "generation_kwargs": {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool))},
+                "generation_kwargs": _settings(kw, r.frames),
+                "prompt_truncation": cut,
+                "warnings": warnings,
                 "timings": {
                     "total_s": r.total_s,
                     "step_s": r.step_s,
@@ -289,7 +415,10 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
             }
             media.write_json(path.with_suffix(".json"), sidecar)
             _info(f"  -> {path} ({r.total_s:.2f} s)")
-    typer.echo(f"wrote {n} output(s) to {out}" + (" [tiny random-weight model]" if lm.random_weights else ""))
+    dense_note = f"; {n_dense_only} ran dense throughout (no sparse attention call)" if n_dense_only else ""
+    typer.echo(
+        f"wrote {n} output(s) to {out}{dense_note}" + (" [tiny random-weight model]" if lm.random_weights else "")
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -299,10 +428,15 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
 
 @app.command()
 def ab(
-    prompt_file: Annotated[Path, typer.Argument(help="Text file, one prompt per non-empty line.")],
+    prompt_file: PromptFileArg,
     configs: Annotated[
-        str, typer.Option("--configs", help="Comma-separated config names/paths; 'dense' is always run first.")
-    ] = "dense",
+        str | None,
+        typer.Option(
+            "--configs",
+            help="Comma-separated config names/paths (default: dense and the model family's preset); 'dense' is "
+            "always run first.",
+        ),
+    ] = None,
     model: ModelOpt = None,
     height: HeightOpt = None,
     width: WidthOpt = None,
@@ -310,6 +444,9 @@ def ab(
     steps: StepsOpt = None,
     seed: SeedOpt = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("outputs/ab"),
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier A/B run in --out (its outputs are removed first).")
+    ] = False,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed short warm-up runs per config before timing.")] = 1,
     attention: Annotated[
         bool, typer.Option("--attention/--no-attention", help="Per-layer attention error on the calibration step.")
@@ -320,34 +457,60 @@ def ab(
 ) -> None:
     """Run every config on the same prompts and seeds; time, memory and quality vs dense; tables, plot, grids."""
     with _handle_errors():
+        from .ab import previous_run_files
         from .generate import generation_kwargs, read_prompts, resolve_config
 
         prompts = read_prompts(prompt_file)
-        names = [c.strip() for c in configs.split(",") if c.strip()]
-        if not names:
-            _fail("--configs is empty")
+        names = None if configs is None else [c.strip() for c in configs.split(",") if c.strip()]
+        if names is not None and not names:
+            _fail("--configs is empty; give comma-separated preset names or YAML paths, or omit it")
         seen: dict[str, Any] = {}
-        for name in names:
+        for name in names or []:
             rc = resolve_config(name)
             if rc.name in seen:
                 if rc.name == "dense":
                     continue
                 _fail(f"config {rc.name!r} is listed twice")
             seen[rc.name] = rc
-        _check_out(out)
         if warmup < 0:
-            _fail("--warmup must be >= 0")
+            _fail(f"--warmup must be >= 0, got {warmup}")
+        _preflight(model, height=height, width=width, frames=frames, steps=steps, seed=seed,
+                   n_prompts=len(prompts), device=device, dtype=dtype)  # fmt: skip
+        _check_out(out)
+        previous = previous_run_files(out)
+        if previous and not overwrite:
+            _fail(
+                f"--out {str(out)!r} already holds an A/B run ({', '.join(previous)}); pass --overwrite to replace "
+                "it or choose another --out"
+            )
         lm = _load(model, device, dtype, quiet)
+        if names is None:
+            default = _default_cfg_name(lm)
+            _info(f"configs: dense, {default} (the {lm.family} preset; --configs to choose)")
+            seen = {"dense": resolve_config("dense"), default: resolve_config(default)}
         rcs = list(seen.values())
         kw = generation_kwargs(lm, height, width, frames, steps)
         for rc in rcs:
             _fits(lm, rc, kw)
         _check_media(lm)
-        _prepare_out(out)
+        if previous:
+            from .ab import remove_previous_run
+
+            remove_previous_run(out)
         from .ab import run_ab
 
         results = run_ab(
-            lm, prompts, rcs, kw, seed, out, warmup=warmup, progress=not quiet, attention=attention, echo=_info
+            lm,
+            prompts,
+            rcs,
+            kw,
+            seed,
+            out,
+            warmup=warmup,
+            progress=not quiet,
+            attention=attention,
+            echo=_info,
+            warn=_warn,
         )
         from .ab import results_markdown
 
@@ -365,6 +528,17 @@ def ab(
 DEFAULT_CHECK_PROMPT = "a red fox running through a snowy forest at sunrise, cinematic"
 
 
+def _check_thresholds(values: dict[str, float | None]) -> None:
+    from ..patching.config import quality_value_problem
+
+    for key, v in values.items():
+        if v is None:
+            continue
+        why = quality_value_problem(key, v)
+        if why is not None:
+            _fail(f"--{key.replace('_', '-')}: {why[0].lower()}{why[1:].rstrip('.')}")
+
+
 @app.command()
 def check(
     model: ModelOpt = None,
@@ -377,14 +551,25 @@ def check(
     frames: FramesOpt = None,
     steps: StepsOpt = None,
     seed: SeedOpt = 0,
-    min_psnr: Annotated[float | None, typer.Option("--min-psnr", help="Override the config's min PSNR (dB).")] = None,
-    min_ssim: Annotated[float | None, typer.Option("--min-ssim", help="Override the config's min SSIM.")] = None,
+    min_psnr: Annotated[
+        float | None, typer.Option("--min-psnr", help="Override the config's min PSNR (dB, >= 0).")
+    ] = None,
+    min_ssim: Annotated[
+        float | None, typer.Option("--min-ssim", help="Override the config's min SSIM (-1 to 1).")
+    ] = None,
     max_latent_rel_l2: Annotated[
-        float | None, typer.Option("--max-latent-rel-l2", help="Override the config's max latent relative L2.")
+        float | None, typer.Option("--max-latent-rel-l2", help="Override the config's max latent relative L2 (>= 0).")
     ] = None,
     min_latent_cosine: Annotated[
-        float | None, typer.Option("--min-latent-cosine", help="Override the config's min latent cosine.")
+        float | None, typer.Option("--min-latent-cosine", help="Override the config's min latent cosine (-1 to 1).")
     ] = None,
+    allow_dense: Annotated[
+        bool,
+        typer.Option(
+            "--allow-dense",
+            help="Exit with 0 when the patched run made no sparse attention call (reported as NOTHING TESTED).",
+        ),
+    ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the reports to this JSON file.")] = None,
     attention: Annotated[
         bool, typer.Option("--attention/--no-attention", help="Per-layer attention error on the calibration step.")
@@ -393,15 +578,24 @@ def check(
     dtype: DtypeOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Quality gate: patched vs dense on the same seed; exit code 1 when a threshold fails."""
+    """Quality gate: patched vs dense on the same seed; exit code 1 when a threshold fails or nothing sparse ran."""
     with _handle_errors():
-        from .generate import generation_kwargs, resolve_config
+        from .generate import generation_kwargs, resolve_config, truncation_text, watch_truncation
 
         prompts = [p.strip() for p in (prompt or [DEFAULT_CHECK_PROMPT])]
         if any(not p for p in prompts):
             _fail("--prompt must not be empty")
         if config in ("dense", "none"):
             _fail("check compares a config against dense; pass a preset or a YAML file, not 'dense'")
+        overrides = {
+            "min_psnr": min_psnr,
+            "min_ssim": min_ssim,
+            "max_latent_rel_l2": max_latent_rel_l2,
+            "min_latent_cosine": min_latent_cosine,
+        }
+        _check_thresholds(overrides)
+        _preflight(model, height=height, width=width, frames=frames, steps=steps, seed=seed,
+                   n_prompts=len(prompts), device=device, dtype=dtype)  # fmt: skip
         if json_out is not None:
             _check_out(json_out.parent if str(json_out.parent) else Path("."))
             if json_out.is_dir():
@@ -413,31 +607,32 @@ def check(
         _fits(lm, rc, kw)
         from ..quality.compare import compare
 
-        thr = rc.config.quality.with_overrides(
-            min_psnr=min_psnr,
-            min_ssim=min_ssim,
-            max_latent_rel_l2=max_latent_rel_l2,
-            min_latent_cosine=min_latent_cosine,
-        )
+        thr = rc.config.quality.with_overrides(**overrides)
         reports = []
         for i, p in enumerate(prompts):
             _info(f"[{i + 1}/{len(prompts)}] checking {rc.name} on {p!r} (seed {seed + i})")
-            rep = compare(
-                lm.pipe,
-                rc.config,
-                p,
-                seed + i,
-                attention=attention,
-                progress=not quiet,
-                thresholds=thr,
-                model_label=lm.label,
-                **kw,
-            )
+            with watch_truncation(lm.pipe, p) as cut:
+                rep = compare(
+                    lm.pipe,
+                    rc.config,
+                    p,
+                    seed + i,
+                    attention=attention,
+                    progress=not quiet,
+                    thresholds=thr,
+                    model_label=lm.label,
+                    **kw,
+                )
+            if cut:
+                _warn(truncation_text(i, cut))
+                rep.notes.append(truncation_text(i, cut))
             rep.config = rc.name
             rep.random_weights = lm.random_weights
             reports.append(rep)
             typer.echo(rep.summary())
-        passed = all(r.passed for r in reports)
+        n_fail = sum(r.verdict == "FAIL" for r in reports)
+        n_untested = sum(not r.tested for r in reports)
+        verdict = "FAILED" if n_fail else "NOTHING TESTED" if n_untested else "PASSED"
         if json_out is not None:
             from . import media
             from .generate import device_description, now_iso, versions
@@ -449,19 +644,29 @@ def check(
                     "random_weights": lm.random_weights,
                     "config": rc.name,
                     "config_source": rc.source,
-                    "passed": passed,
+                    "verdict": verdict,
+                    "passed": verdict == "PASSED",
+                    "allow_dense": allow_dense,
                     "device": device_description(lm.device),
                     "versions": versions(),
                     "created": now_iso(),
                     "reports": [r.to_dict() for r in reports],
                 },
             )
-        n_fail = sum(not r.passed for r in reports)
-        typer.echo(
-            f"quality gate {'PASSED' if passed else 'FAILED'}: {len(reports) - n_fail}/{len(reports)} "
-            f"prompt(s) within the thresholds of {rc.name}"
-        )
-    if not passed:
+        if verdict == "NOTHING TESTED":
+            ds = rc.config.dense_steps
+            typer.echo(
+                f"quality gate NOTHING TESTED: the patched run of {rc.name} made no sparse attention call for "
+                f"{n_untested}/{len(reports)} prompt(s), so it equals dense (see the notes); use more --steps than "
+                f"its {ds} dense step(s) and a size whose token grid is larger than its windows"
+                + ("" if allow_dense else ", or pass --allow-dense to accept this")
+            )
+        else:
+            typer.echo(
+                f"quality gate {verdict}: {len(reports) - n_fail}/{len(reports)} prompt(s) within the thresholds "
+                f"of {rc.name}"
+            )
+    if verdict == "FAILED" or (verdict == "NOTHING TESTED" and not allow_dense):
         raise typer.Exit(code=EXIT_FAILED)
 
 
@@ -496,17 +701,14 @@ def bench(
     """Per-step time of a real-size transformer (random weights, bf16, GPU): dense vs a config."""
     with _handle_errors():
         from .bench import family_from, make_case
+        from .generate import MAX_STEPS, resolve_device
 
         fam = family_from(family, model_class)
-        if steps < 1 or warmup < 0 or total_steps < 1:
-            _fail("--steps and --total-steps must be >= 1, --warmup >= 0")
+        if not (1 <= steps <= MAX_STEPS and 0 <= warmup <= MAX_STEPS and 1 <= total_steps <= MAX_STEPS):
+            _fail(f"--steps and --total-steps must be 1 to {MAX_STEPS}, --warmup 0 to {MAX_STEPS}")
         case = make_case(fam, height, width, frames, tiny)
+        dev = resolve_device(device)
         _check_out(out)
-        import torch
-
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            _fail(f"--device {dev}: CUDA is not available on this machine")
         if not dev.startswith("cuda") and not tiny:
             _fail(
                 "bench builds a real-size model and needs a CUDA GPU; on a CPU add --tiny to exercise the code "
@@ -527,7 +729,6 @@ def bench(
                 _fail(f"no shipped preset for {fam}; pass --config")
             config = names[0]
         rc = resolve_config(config)
-        _prepare_out(out)
         from .bench import run_bench
 
         _quiet_libraries()
@@ -542,6 +743,8 @@ def bench(
         rec["model"] = label
         stamp = rec["created"].replace(":", "").replace("-", "")[:15]
         path = media.write_json(out / f"e2e_{fam}_{rc.name}{'_tiny' if tiny else ''}_{stamp}.json", rec)
+        if not rec["patched_step_sparse"]:
+            _warn(f"the {rc.name} step made no sparse attention call: {rec['patched_dense_reason']}")
         typer.echo(_bench_table(rec))
         typer.echo(f"wrote {path}")
 
@@ -550,19 +753,27 @@ def _bench_table(r: dict) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
 
+    sparse = r["patched_step_sparse"]
+    if sparse:
+        patched = ms(r["patched_step_s"])
+        speedup = f"{r['speedup_per_sparse_step']:.2f}x" if r["speedup_per_sparse_step"] else "-"
+        projection = (
+            f"{ms(r['projected_dense_s'])} -> {ms(r['projected_patched_s'])} ({r['dense_steps']} dense steps): "
+            f"{r['projected_speedup']:.2f}x"
+            if r["projected_speedup"]
+            else "-"
+        )
+    else:
+        patched = f"{ms(r['patched_step_s'])} (ran dense: {r['patched_dense_reason']})"
+        speedup = "- (no sparse step was timed)"
+        projection = "- (no sparse step was timed)"
     rows = [
         ("model", r["model"]),
         ("shape", f"{r['height']}x{r['width']}x{r['frames']} -> token grid {tuple(r['token_grid'])}"),
         ("dense step", ms(r["dense_step_s"])),
-        (f"{r['config']} step", ms(r["patched_step_s"])),
-        ("speedup per sparse step", f"{r['speedup_per_sparse_step']:.2f}x" if r["speedup_per_sparse_step"] else "-"),
-        (
-            f"{r['projection_steps']}-step projection",
-            f"{ms(r['projected_dense_s'])} -> {ms(r['projected_patched_s'])} ({r['dense_steps']} dense steps): "
-            f"{r['projected_speedup']:.2f}x"
-            if r["projected_speedup"]
-            else "-",
-        ),
+        (f"{r['config']} step", patched),
+        ("speedup per sparse step", speedup),
+        (f"{r['projection_steps']}-step projection", projection),
     ]
     if r.get("peak_mem_dense_bytes") is not None:
         rows.append(

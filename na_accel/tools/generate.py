@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import importlib
+import json
 import os
 import platform
+import re
 import sys
 import time
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,29 +45,75 @@ TINY_FPS = 8
 # --------------------------------------------------------------------------------------------------------------
 
 
+# Characters that print as nothing: zero-width space / non-joiner / joiner, word joiner, byte order mark (and the
+# other Unicode "format" characters, category Cf). Stripped from both ends of a prompt line with the whitespace.
+def _strip_invisible(line: str) -> str:
+    start, end = 0, len(line)
+    while start < end and _invisible(line[start]):
+        start += 1
+    while end > start and _invisible(line[end - 1]):
+        end -= 1
+    return line[start:end]
+
+
+def _invisible(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch) == "Cf"
+
+
+def parse_prompts(text: str) -> list[str]:
+    """Non-empty lines of ``text``, stripped of whitespace and invisible characters (zero-width spaces, byte order
+    marks); lines starting with '#' are comments."""
+    prompts = [_strip_invisible(ln) for ln in text.replace("\ufeff", "").splitlines()]
+    return [ln for ln in prompts if ln and not ln.startswith("#")]
+
+
 def read_prompts(path: str | os.PathLike) -> list[str]:
-    """Non-empty, stripped lines of a UTF-8 text file (lines starting with '#' are comments)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"prompt file not found: {str(p)!r}")
-    if not p.is_file():
-        raise InputError(f"prompt file is not a regular file: {str(p)!r}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"prompt file is not UTF-8 text: {str(p)!r}") from None
-    except OSError as e:
-        raise InputError(f"cannot read prompt file {str(p)!r}: {e.strerror or e}") from None
-    prompts = [ln.strip() for ln in text.splitlines()]
-    prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
+    """The prompts of a UTF-8 text file (see :func:`parse_prompts`); ``-`` reads standard input."""
+    if str(path) == "-":
+        where = "standard input"
+        stream = sys.stdin
+        try:
+            raw = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+        except OSError as e:
+            raise InputError(f"cannot read prompts from standard input: {e.strerror or e}") from None
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            raise InputError("prompts on standard input are not UTF-8 text; convert them to UTF-8") from None
+    else:
+        p = Path(path)
+        where = repr(str(p))
+        if not p.exists():
+            raise InputError(f"prompt file not found: {str(p)!r} (give a text file, or - for standard input)")
+        if not p.is_file():
+            raise InputError(f"prompt file is not a regular file: {str(p)!r}")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"prompt file is not UTF-8 text: {str(p)!r}; convert it to UTF-8") from None
+        except OSError as e:
+            raise InputError(f"cannot read prompt file {str(p)!r}: {e.strerror or e}") from None
+    prompts = parse_prompts(text)
     if not prompts:
-        raise InputError(f"prompt file has no prompts (every line is empty or a comment): {str(p)!r}")
+        raise InputError(f"no prompts in {where}: every line is empty or a '#' comment; write one prompt per line")
     return prompts
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------------------------
+
+
+# Largest values the command line takes: far beyond any model's use, small enough that torch can represent them.
+MAX_SIDE = 16384  # pixels, height and width
+MAX_FRAMES = 4097
+MAX_STEPS = 10000
+MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds
+
+#: Every supported model (HunyuanVideo, FLUX, Cosmos, Wan) needs heights and widths that are multiples of 16 (VAE
+#: scale 8 x patch size 2, or more) and video frame counts of the form 4k+1 (Cosmos 1.0: 8k+1).
+ANY_MODEL_SPATIAL_MULTIPLE = 16
+ANY_MODEL_TEMPORAL_FACTOR = 4
 
 
 @dataclass
@@ -81,22 +131,27 @@ class ShapeRules:
         for name, v in (("height", height), ("width", width)):
             if v is None:
                 continue
-            if v <= 0:
-                raise InputError(f"--{name} must be positive, got {v}")
+            if not 1 <= v <= MAX_SIDE:
+                raise InputError(
+                    f"--{name} {v} is out of range: height and width must be between {self.spatial_multiple} and "
+                    f"{MAX_SIDE} pixels"
+                )
             if v % self.spatial_multiple:
                 lo = max(self.spatial_multiple, v // self.spatial_multiple * self.spatial_multiple)
                 raise InputError(
-                    f"--{name} {v} is not a multiple of {self.spatial_multiple} (VAE scale x patch size) for "
-                    f"{model}; try {lo}"
+                    f"--{name} {v} is not a multiple of {self.spatial_multiple} (VAE scale x patch size), which "
+                    f"{model} requires; try {lo}"
                 )
         if frames is None:
             return
+        if not 1 <= frames <= MAX_FRAMES:
+            raise InputError(f"--frames {frames} is out of range: the frame count must be between 1 and {MAX_FRAMES}")
         if not self.is_video:
             if frames != 1:
                 raise InputError(f"{model} generates images; --frames must be 1 or omitted, got {frames}")
             return
         t, pt = self.temporal_factor, self.temporal_patch
-        if frames < 1 or (frames - 1) % t:
+        if (frames - 1) % t:
             k = max(0, (frames - 1) // t)
             raise InputError(
                 f"--frames {frames} is not of the form {t}k+1 required by {model}'s VAE; try {t * k + 1} or "
@@ -149,6 +204,7 @@ class LoadedModel:
     load_s: float = 0.0
     device: str = "cpu"
     dtype: str = "float32"
+    source: str = "built-in"  # built-in | local directory | hub
 
     @property
     def file_tag(self) -> str:
@@ -156,14 +212,97 @@ class LoadedModel:
         return "tiny-random-weight-model" if self.random_weights else ""
 
 
-def _resolve_device(device: str | None) -> str:
+def _is_tiny_spec(model: str | None) -> bool:
+    return model is None or model == "tiny" or model.startswith("tiny:")
+
+
+def _tiny_spec_family(model: str | None) -> str:
+    from ..tiny import FAMILIES, TINY_DEFAULT
+
+    family = TINY_DEFAULT if model in (None, "tiny") else str(model).split(":", 1)[1]
+    if family not in FAMILIES:
+        raise InputError(
+            f"unknown tiny model family {family!r} in --model {model}; choose one of "
+            + ", ".join(f"tiny:{f}" for f in FAMILIES)
+        )
+    return family
+
+
+def _family_rules(family: str) -> ShapeRules:
+    """Size rules of a family's VAE and patch size as the released models (and the tiny models) have them."""
+    from ..patching.families import family_adapter
+
+    f = family_adapter(family).default_size_factors()
+    return ShapeRules(family, f.is_video, f.spatial_multiple, f.temporal_factor, f.temporal_patch)
+
+
+def preflight_rules(model: str | None) -> tuple[ShapeRules, str]:
+    """Size rules known before a model is loaded, and whose they are: the exact rules of a built-in tiny model, else
+    the rules every supported model shares (the loaded model's own rules are checked again after loading)."""
+    if _is_tiny_spec(model):
+        family = _tiny_spec_family(model)
+        from ..patching.families import family_adapter
+
+        return _family_rules(family), f"the {TINY_LABEL} ({family_adapter(family).display_name})"
+    rules = ShapeRules("any", True, ANY_MODEL_SPATIAL_MULTIPLE, ANY_MODEL_TEMPORAL_FACTOR)
+    return rules, "every supported model"
+
+
+def check_seed(seed: int, n_prompts: int = 1) -> None:
+    """Seeds ``seed .. seed + n_prompts - 1`` must fit a torch generator (0 to 2**64 - 1)."""
+    n = max(1, n_prompts)
+    if seed < 0 or seed + n - 1 > MAX_SEED:
+        raise InputError(
+            f"--seed {seed} is out of range: seeds are 0 to 2**64-1 and prompt i uses --seed + i; pick a seed "
+            f"between 0 and {MAX_SEED - n + 1}"
+        )
+
+
+def check_request(
+    model: str | None,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    frames: int | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    n_prompts: int = 1,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> None:
+    """Validate the command-line values that do not need the model, before it is loaded (or anything written):
+    sizes (exactly for a built-in tiny model, else the rules every supported model shares), steps, seed, device,
+    dtype. Raises :class:`InputError`."""
+    rules, whose = preflight_rules(model)
+    rules.check(height, width, frames, model=whose)
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}")
+    if seed is not None:
+        check_seed(seed, n_prompts)
+    dev = resolve_device(device)
+    _resolve_dtype(dtype, dev)
+
+
+def resolve_device(device: str | None) -> str:
     import torch
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    m = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if m is None:
+        raise InputError(
+            f"--device {device!r} is not supported; use cpu, cuda or cuda:N (default: cuda when available, else cpu)"
+        )
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        n = torch.cuda.device_count()
+        if m.group(1) is not None and int(m.group(1)) >= n:
+            raise InputError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
     return device
+
+
+_DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 
 def _resolve_dtype(dtype: str | None, device: str) -> Any:
@@ -171,32 +310,92 @@ def _resolve_dtype(dtype: str | None, device: str) -> Any:
 
     if dtype in (None, "", "auto"):
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
+    table = dict(zip(_DTYPES, (torch.float32,) * 2 + (torch.bfloat16,) * 2 + (torch.float16,) * 2, strict=True))
     if dtype not in table:
-        raise InputError(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
+        raise InputError(f"--dtype {dtype!r} is not one of float32, bfloat16, float16 (or fp32, bf16, fp16)")
     return table[dtype]
+
+
+def _own_module(library: Any) -> bool:
+    return isinstance(library, str) and re.fullmatch(r"na_accel(\.[A-Za-z_]\w*)*", library) is not None
+
+
+def import_own_modules(model_index: dict[str, Any], model: str = "the model") -> list[str]:
+    """Import the ``na_accel`` modules a pipeline's ``model_index.json`` names as component libraries.
+
+    diffusers loads a component of a library other than diffusers / transformers only from a module that is already
+    imported (it never imports a module a repository names), and ``save_pretrained`` records the module that
+    defines the class: ``na_accel.tiny.random_weights`` for the tiny Cosmos pipeline's safety checker. Only names
+    under ``na_accel.`` are imported (this package's own code); every other name is left to diffusers.
+    """
+    imported = []
+    for key, value in model_index.items():
+        if key.startswith("_") or not isinstance(value, list | tuple) or len(value) != 2:
+            continue
+        library, cls = value
+        if not _own_module(library):
+            continue
+        try:
+            importlib.import_module(library)
+        except ImportError:
+            raise InputError(
+                f"cannot load model {model!r}: its component {key!r} is {library}.{cls}, and this na_accel has no "
+                f"module {library}; save the pipeline again with this na_accel version"
+            ) from None
+        imported.append(library)
+    return imported
+
+
+def _model_index(model: str, local: Path | None) -> dict[str, Any] | None:
+    """The model_index.json of a local directory or of a hub id already in the local cache (no download)."""
+    path: Any = None
+    if local is not None:
+        path = local / "model_index.json"
+    else:
+        with contextlib.suppress(Exception):
+            from huggingface_hub import try_to_load_from_cache
+
+            path = try_to_load_from_cache(model, "model_index.json")
+    if not isinstance(path, str | os.PathLike) or not Path(path).is_file():
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
+def load_error_message(model: str, e: BaseException) -> str:
+    """One line for an exception of ``DiffusionPipeline.from_pretrained``: its message without references to a
+    stack trace that is not shown, with the underlying cause, and what to do when the hub is off."""
+    msg = _first_line(e)
+    msg = re.sub(r"\s*[^.()]*\b(stack ?trace|traceback)( shown)? above[^.]*\.?", "", msg, flags=re.IGNORECASE).strip()
+    cause = e.__cause__ or e.__context__
+    if cause is not None and str(cause).strip() and _first_line(cause) not in msg:
+        msg += f" (cause: {type(cause).__name__}: {_first_line(cause)})"
+    text = f"cannot load model {model!r}: {msg}"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        text += "; HF_HUB_OFFLINE is set: download the model first (unset HF_HUB_OFFLINE) or pass a local directory"
+    return text
 
 
 def load_model(model: str | None = None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     """``None`` (or ``"tiny"`` / ``"tiny:<family>"``): the built-in tiny random-weight pipeline; anything else:
-    ``DiffusionPipeline.from_pretrained(model)`` (hub id or local directory)."""
+    ``DiffusionPipeline.from_pretrained(model)`` (hub id or local directory). A saved tiny pipeline gets the tiny
+    model's generation defaults and label."""
     import torch
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     t0 = time.perf_counter()
-    if model is None or model == "tiny" or model.startswith("tiny:"):
+    if _is_tiny_spec(model):
         from .. import tiny
 
-        family = tiny.TINY_DEFAULT if model in (None, "tiny") else model.split(":", 1)[1]
-        if family not in tiny.FAMILIES:
-            raise InputError(f"unknown tiny model family {family!r}; choose one of {', '.join(tiny.FAMILIES)}")
+        family = _tiny_spec_family(model)
         tdtype = _resolve_dtype(dtype, "cpu") if dtype not in (None, "", "auto") else torch.float32
         pipe = tiny.tiny_pipeline(family=family, seed=0, dtype=tdtype)
         pipe.to(dev)
@@ -214,6 +413,7 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
             load_s=time.perf_counter() - t0,
             device=dev,
             dtype=str(tdtype).replace("torch.", ""),
+            source="built-in",
         )
     from diffusers import DiffusionPipeline
 
@@ -224,16 +424,18 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
         raise InputError(f"model directory not found: {model!r}")
     if p.exists() and not (p / "model_index.json").is_file():
         raise InputError(f"{model!r} is not a diffusers pipeline directory (no model_index.json)")
+    index = _model_index(model, p if p.exists() else None)
+    if index is not None:
+        import_own_modules(index, model)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = DiffusionPipeline.from_pretrained(str(p) if p.exists() else model, torch_dtype=tdtype)
     except Exception as e:  # noqa: BLE001 - anything from the hub or the loader is reported on one line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot load model {model!r}: {msg}") from None
+        raise InputError(load_error_message(model, e)) from None
     adapter = adapter_of(pipe)
     pipe.to(dev)
-    from ..tiny import tiny_family
+    from ..tiny import FAMILIES, default_generation_kwargs, tiny_family
 
     tiny_attr = tiny_family(pipe)
     return LoadedModel(
@@ -243,12 +445,42 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
         model_id=model,
         random_weights=bool(tiny_attr),
         rules=shape_rules(pipe),
-        default_kwargs={},
+        default_kwargs=dict(default_generation_kwargs(tiny_attr)) if tiny_attr in FAMILIES else {},
         fps=TINY_FPS if tiny_attr else adapter.default_fps,
         load_s=time.perf_counter() - t0,
         device=dev,
         dtype=str(tdtype).replace("torch.", ""),
+        source="local directory" if p.exists() else "hub",
     )
+
+
+# Call arguments of a pipeline that are not generation settings (or that the caller always passes itself).
+_NOT_SETTINGS = ("output_type", "return_dict")
+
+
+def pipeline_defaults(pipe: Any) -> dict[str, Any]:
+    """The generation settings a pipeline uses when a call does not give them: the scalar defaults of its
+    ``__call__`` (sizes, steps, guidance, text length, ...), and for a height/width default of None the size the
+    pipeline derives (``default_sample_size * vae_scale_factor``, as FLUX does)."""
+    import inspect
+
+    try:
+        params = inspect.signature(type(pipe).__call__).parameters
+    except (TypeError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    for name, prm in params.items():
+        if name in _NOT_SETTINGS or "prompt" in name or "callback" in name:
+            continue
+        d = prm.default
+        if d is inspect.Parameter.empty or d is None or not isinstance(d, int | float | str | bool):
+            if name in ("height", "width") and d is None:
+                size, factor = getattr(pipe, "default_sample_size", None), getattr(pipe, "vae_scale_factor", None)
+                if isinstance(size, int) and isinstance(factor, int):
+                    out[name] = size * factor
+            continue
+        out[name] = d
+    return out
 
 
 def generation_kwargs(
@@ -258,11 +490,13 @@ def generation_kwargs(
     frames: int | None = None,
     steps: int | None = None,
 ) -> dict[str, Any]:
-    """The model's defaults with the user's sizes on top, validated against the model's shape rules."""
-    if steps is not None and steps < 1:
-        raise InputError(f"--steps must be at least 1, got {steps}")
+    """The settings a generation runs with: the pipeline's own defaults, the model's defaults (tiny models) and the
+    user's values on top, validated against the model's shape rules."""
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}")
     lm.rules.check(height, width, frames, model=lm.label)
-    kw = dict(lm.default_kwargs)
+    kw = pipeline_defaults(lm.pipe)
+    kw.update(lm.default_kwargs)
     if height is not None:
         kw["height"] = height
     if width is not None:
@@ -273,7 +507,7 @@ def generation_kwargs(
         kw["num_frames"] = frames
     if not lm.rules.is_video:
         kw.pop("num_frames", None)
-    # re-check the merged values (defaults of a tiny model are valid, but a user height with a default width...)
+    # re-check the merged values (a user height with the model's default width, ...)
     lm.rules.check(
         kw.get("height"), kw.get("width"), kw.get("num_frames") if lm.rules.is_video else None, model=lm.label
     )
@@ -368,6 +602,84 @@ def maybe_patched(pipe: Any, config: Any):
 
     with na_accel.patched(pipe, config) as h:
         yield h
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prompt truncation
+# --------------------------------------------------------------------------------------------------------------
+
+_TOKENIZER_ATTRS = ("tokenizer", "tokenizer_2", "tokenizer_3")
+
+
+class _TokenizerWatch:
+    """Stands in for a pipeline's tokenizer during one run: every call is answered by the real tokenizer; a call
+    that truncates a text containing the prompt (``truncation=True`` with ``max_length``) is recorded with the
+    text's full token count. Texts in ``exclude`` (the pipeline's default negative prompts) are not the prompt."""
+
+    def __init__(self, tokenizer: Any, attr: str, prompt: str, records: list[dict[str, Any]],
+                 exclude: frozenset[str] = frozenset()) -> None:  # fmt: skip
+        self.__dict__.update(_tok=tokenizer, _attr=attr, _prompt=prompt, _records=records, _exclude=exclude)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+    def __call__(self, text: Any = None, *args: Any, **kwargs: Any) -> Any:
+        out = self._tok(text, *args, **kwargs)
+        limit = kwargs.get("max_length")
+        if kwargs.get("truncation") and isinstance(limit, int) and self._prompt:
+            texts = [text] if isinstance(text, str) else list(text) if isinstance(text, list | tuple) else []
+            for t in texts:
+                if not isinstance(t, str) or self._prompt not in t or t.strip() in self._exclude:
+                    continue
+                with contextlib.suppress(Exception):  # reporting only
+                    full = self._tok(t, add_special_tokens=kwargs.get("add_special_tokens", True), truncation=False)
+                    n = len(full["input_ids"])
+                    rec = {
+                        "tokenizer": self._attr,
+                        "tokenizer_class": type(self._tok).__name__,
+                        "tokens": n,
+                        "limit": limit,
+                        "dropped": n - limit,
+                    }
+                    if n > limit and rec not in self._records:
+                        self._records.append(rec)
+        return out
+
+
+@contextlib.contextmanager
+def watch_truncation(pipe: Any, prompt: str):
+    """Yield a list that collects, while the block runs ``pipe`` on ``prompt``, every tokenizer call that cuts the
+    prompt off at the text encoder's limit: ``{tokenizer, tokenizer_class, tokens, limit, dropped}`` (for a prompt
+    template, the counts include the template)."""
+    records: list[dict[str, Any]] = []
+    swapped = []
+    module = sys.modules.get(type(pipe).__module__)
+    exclude = frozenset(  # e.g. Cosmos' DEFAULT_NEGATIVE_PROMPT, encoded next to the prompt
+        v.strip() for k, v in (vars(module).items() if module else ()) if "NEGATIVE_PROMPT" in k and isinstance(v, str)
+    )
+    for attr in _TOKENIZER_ATTRS:
+        tok = pipe.__dict__.get(attr)
+        if tok is not None and callable(tok):
+            pipe.__dict__[attr] = _TokenizerWatch(tok, attr, prompt, records, exclude)  # bypasses the config
+            swapped.append((attr, tok))
+    try:
+        yield records
+    finally:
+        for attr, tok in swapped:
+            pipe.__dict__[attr] = tok
+
+
+def truncation_text(prompt_index: int, records: list[dict[str, Any]]) -> str:
+    """One line saying how a prompt was cut off (from :func:`watch_truncation`)."""
+    parts = [
+        f"{r['tokenizer']} ({r['tokenizer_class']}) keeps {r['limit']} of {r['tokens']} tokens, "
+        f"dropping the last {r['dropped']}"
+        for r in records
+    ]
+    return (
+        f"prompt {prompt_index + 1} is longer than the text encoder takes: {'; '.join(parts)}; shorten it to keep "
+        "all of it"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -65,9 +65,19 @@ def check_writable_dir(path: str | os.PathLike) -> str | None:
     return None
 
 
+def _umask() -> int:
+    """The process's file mode creation mask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``dest`` (same suffix); on success move it onto ``dest``, else delete it."""
+    """Yield a temporary path next to ``dest`` (same suffix); on success move it onto ``dest``, else delete it.
+
+    The file gets the mode a plain ``open(dest, "w")`` would give it (0666 less the umask: 0644 under umask 022),
+    not the 0600 of the private temporary file."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".partial{dest.suffix}", dir=dest.parent)
@@ -75,6 +85,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -101,14 +101,18 @@ class Adapter:
         vt = int(getattr(pipe, "vae_scale_factor_temporal", 4))
         return SizeFactors(True, vs * spatial_patch, vt, temporal_patch)
 
-    def real_token_grid(self, height: int, width: int, frames: int) -> tuple[int, ...]:
-        """Token grid of the real-size model at a pixel size (from :attr:`real_size` and :attr:`real_config`)."""
+    def default_size_factors(self) -> SizeFactors:
+        """Size constraints of the released models of this family (from :attr:`real_size` and :attr:`real_config`);
+        the tiny models share their VAE factors and patch sizes."""
         ps = self.real_config.get("patch_size", 2)
         p = int(ps[-1]) if isinstance(ps, list | tuple) else int(ps)
         pt = int(ps[0]) if isinstance(ps, list | tuple) else int(self.real_config.get("patch_size_t", 1))
         rs = self.real_size
-        factors = SizeFactors(self.grid_ndim == 3, rs["vae_spatial"] * p, rs["vae_temporal"], pt)
-        return factors.token_grid(height, width, frames)
+        return SizeFactors(self.grid_ndim == 3, rs["vae_spatial"] * p, rs["vae_temporal"], pt)
+
+    def real_token_grid(self, height: int, width: int, frames: int) -> tuple[int, ...]:
+        """Token grid of the real-size model at a pixel size (from :attr:`real_size` and :attr:`real_config`)."""
+        return self.default_size_factors().token_grid(height, width, frames)
 
     def example_inputs(self, transformer: torch.nn.Module, latent_shape: tuple[int, ...], text_tokens: int,
                        device: Any, dtype: torch.dtype, seed: int = 0) -> dict[str, Any]:  # fmt: skip

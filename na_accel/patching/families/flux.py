@@ -47,8 +47,11 @@ class FluxAdapter(Adapter):
         # latents are packed 2 x 2 into tokens
         return SizeFactors(False, int(getattr(pipe, "vae_scale_factor", 8)) * 2)
 
+    def default_size_factors(self):
+        return SizeFactors(False, self.real_size["vae_spatial"] * 2)
+
     def real_token_grid(self, height, width, frames=1):
-        return SizeFactors(False, self.real_size["vae_spatial"] * 2).token_grid(height, width)
+        return self.default_size_factors().token_grid(height, width)
 
     def example_inputs(self, transformer, latent_shape, text_tokens, device, dtype, seed=0) -> dict[str, Any]:
         cfg = transformer.config
