@@ -18,7 +18,9 @@ Files written (every file is written to a temporary name and moved into place):
   random_weights, config, config_source, patch (summary text and per-layer plan, null for dense), prompt,
   prompt_index, seed (= --seed + prompt index), height, width, frames, fps, steps, generation_kwargs,
   timings (total_s, step_s, mean_step_s, model_load_s), peak_gpu_mem_bytes (null off CUDA), versions
-  (python, na_accel, torch, diffusers, triton, transformers), device, dtype, created, command.
+  (python, na_accel, torch, diffusers, triton, transformers), device, dtype, context_parallel (null, or
+  ulysses_degree, world_size, backend of a ``--ulysses N`` run), created, command. With ``--ulysses N`` (under
+  ``torchrun --nproc-per-node N``) every rank generates, rank 0 alone prints and writes.
 * ``ab``: see :mod:`na_accel.tools.ab` (results.json, results.md, speed_vs_quality.png, outputs/, compare/).
 * ``check --json``: model, random_weights, config, config_source, passed, device, versions, created, and
   reports (``QualityReport.to_dict()``: latent_rel_l2, latent_cosine, psnr_per_frame, psnr_mean,
@@ -111,7 +113,10 @@ def _handle_errors() -> Iterator[None]:
 
 
 def _info(msg: str) -> None:
-    typer.echo(msg, err=True)
+    from .parallel import quiet_rank
+
+    if not quiet_rank():  # a --ulysses run prints on rank 0 only
+        typer.echo(msg, err=True)
 
 
 def _check_out(out: Path) -> None:
@@ -190,9 +195,19 @@ def generate(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     quiet: QuietOpt = False,
+    ulysses: Annotated[
+        int | None,
+        typer.Option(
+            "--ulysses",
+            help="Ulysses context parallelism over N processes (one per GPU; gloo on a CPU): launch with "
+            "torchrun --nproc-per-node N. Rank 0 writes the outputs.",
+        ),
+    ] = None,
 ) -> None:
     """Generate one output per prompt line: MP4 for video models, PNG for image models, plus a JSON sidecar."""
-    with _handle_errors():
+    from .parallel import ParallelSession
+
+    with _handle_errors(), ParallelSession() as ranks:
         from .generate import read_prompts
 
         prompts = read_prompts(prompt_file)
@@ -200,15 +215,19 @@ def generate(
             _fail("--dense and --config are mutually exclusive")
         _check_out(out)
         rc = _resolve_cfg(config, dense)  # before the model: an unknown preset or bad YAML fails fast
+        device = ranks.start(ulysses, device)  # --ulysses N: join torchrun's process group; this rank's device
         lm = _load(model, device, dtype, quiet)
+        ranks.enable(lm.pipe, echo=_info)
         rc = rc or _default_cfg(lm)
         from .generate import generation_kwargs
 
         kw = generation_kwargs(lm, height, width, frames, steps)
         _fits(lm, rc, kw)
         _check_media(lm)
-        _prepare_out(out)
-        _run_generate(lm, rc, prompts, kw, seed, out, progress=not quiet)
+        if ranks.is_main:
+            _prepare_out(out)
+        _run_generate(lm, rc, prompts, kw, seed, out, progress=not quiet and ranks.is_main, write=ranks.is_main,
+                      parallel=ranks.describe())  # fmt: skip
 
 
 def _resolve_cfg(config: str | None, dense: bool) -> Any:
@@ -235,7 +254,8 @@ def _fits(lm: Any, rc: Any, kw: dict) -> None:
     check_config_fits(lm, rc, kw)
 
 
-def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out: Path, progress: bool) -> None:
+def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out: Path, progress: bool,
+                  write: bool = True, parallel: dict | None = None) -> None:  # fmt: skip
     from ..quality.run import run_pipeline
     from . import media
     from .bench import plan_rows
@@ -250,6 +270,8 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
             s = seed + i
             _info(f"[{i + 1}/{n}] {rc.name}: {prompt!r} (seed {s})")
             r = run_pipeline(lm.pipe, prompt, s, progress=progress, **kw)
+            if not write:  # a non-zero rank of a --ulysses run: rank 0 writes
+                continue
             stem = out / f"{i:03d}_{media.slugify(prompt)}__{rc.name}{tag}"
             path = media.write_media(stem, r.frames, fps=lm.fps)
             f, _, h, w = r.frames.shape
@@ -284,11 +306,14 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
                 "versions": vers,
                 "device": dev,
                 "dtype": lm.dtype,
+                "context_parallel": parallel,
                 "created": now_iso(),
                 "command": command_line(),
             }
             media.write_json(path.with_suffix(".json"), sidecar)
             _info(f"  -> {path} ({r.total_s:.2f} s)")
+    if not write:
+        return
     typer.echo(f"wrote {n} output(s) to {out}" + (" [tiny random-weight model]" if lm.random_weights else ""))
 
 
