@@ -10,7 +10,8 @@ Layers, each importing only the ones below it:
   imported by the library); :mod:`na_accel.tiny`: the built-in models.
 
 Public API: the attention functions (``na1d``, ``na2d``, ``na3d``, ``na_flat``, ``na_joint``), patching
-(``patch``, ``unpatch``, ``patched``, ``is_patched``, ``PatchHandle``), configs (``load_config``, ``list_presets``,
+(``patch``, ``unpatch``, ``patched``, ``is_patched``, ``PatchHandle``), context parallelism
+(``context_parallel_plan``, ``enable_context_parallel``), configs (``load_config``, ``list_presets``,
 ``NAConfig``) and the errors. Names are imported on first use, so ``import na_accel`` (and ``na-accel --help``)
 does not pay for torch.
 """
@@ -39,6 +40,8 @@ _LAZY = {
     "na_flat": "ops.functional",
     "na_joint": "ops.functional",
     "PatchHandle": "patching.api",
+    "context_parallel_plan": "patching.parallel",
+    "enable_context_parallel": "patching.parallel",
     "is_patched": "patching.api",
     "patch": "patching.api",
     "patched": "patching.api",
@@ -77,3 +80,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .ops.functional import na1d, na2d, na3d, na_flat, na_joint  # noqa: F401
     from .patching.api import PatchHandle, is_patched, patch, patched, unpatch  # noqa: F401
     from .patching.config import NAConfig, list_presets, load_config  # noqa: F401
+    from .patching.parallel import context_parallel_plan, enable_context_parallel  # noqa: F401

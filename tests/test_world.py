@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from na_accel.tiny import world as clips
+from na_accel.tiny.detect import adherence, detect, temporal_coherence
 from na_accel.tiny.world import (
     BACKGROUND_COLOURS,
     COLOURS,
@@ -32,7 +33,6 @@ from na_accel.tiny.world import (
     sample_scene,
     vocabulary,
 )
-from na_accel.tiny.detect import adherence, detect, temporal_coherence
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(frames=17, height=96, width=96)

@@ -275,7 +275,8 @@ def stage_vae(cfg: dict, comps: dict, dev, log: Log) -> None:
     vae.eval()
     # scaling factor: scaled latents (posterior means) have unit standard deviation
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        zs = [vae.encode(to_vae_input(data[i : i + 32], dev)).latent_dist.mode().float() for i in range(0, min(256, len(data)), 32)]
+        zs = [vae.encode(to_vae_input(data[i : i + 32], dev)).latent_dist.mode().float()
+              for i in range(0, min(256, len(data)), 32)]  # fmt: skip
         z = torch.cat(zs)
         rec = vae.decode(z[:8]).sample.float()
     std = float(z.std())

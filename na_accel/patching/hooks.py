@@ -10,7 +10,9 @@ How a patched denoising step flows (diffusers 0.42.1):
    unchanged (QKV, QK-norm, RoPE, concatenation) and its ``dispatch_attention_fn`` call reaches
    :meth:`.plan.LayerPatch.attend`, which computes GNA with :func:`na_accel.ops.functional.na_joint` /
    :func:`~na_accel.ops.functional.na_flat` or declines (dense layer, dense step, unrecognised situation), in which
-   case the original function runs with the identical arguments.
+   case the original function runs with the identical arguments. Under diffusers' context parallelism the call
+   carries a parallel config and the rank's local tokens; :func:`.parallel.attend_context_parallel` then runs GNA
+   inside diffusers' Ulysses attention, or declines.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from .config import ConfigError, NAConfig
 from .families.base import Adapter, Layout
 from .intercept import DISPATCH_NAME, NAProcessor, install_dispatcher, uninstall_dispatcher, wrapper_class
+from .parallel import context_parallel_summary
 from .plan import ForwardPlan, LayerPatch, StepTracker
 
 logger = logging.getLogger("na_accel")
@@ -44,6 +47,7 @@ class TransformerPatch:
         self.layers: list[LayerPatch] = []
         self.other_attention: list[str] = []  # attention modules that are never patched (cross-attention, ...)
         self.forwards = 0
+        self.warnings: set[str] = set()  # one-time warnings already logged (e.g. ring attention runs dense)
         self._hook = None
         self._post_hook = None
         self._signature = inspect.signature(type(model).forward)
@@ -173,6 +177,9 @@ class TransformerPatch:
     def summary_lines(self) -> list[str]:
         plan, adapter = self.plan, self.adapter
         lines = [f"{self.label}: {type(self.model).__name__} ({adapter.family}; token grid {adapter.grid_axes})"]
+        parallel = context_parallel_summary(self.model)
+        if parallel is not None:
+            lines.append(f"  {parallel}")
         if plan is None or plan.layout is None:
             seen = "no forward seen yet" if plan is None else f"last forward not recognised ({plan.dense_reason})"
             lines.append(f"  last seen: {seen}")

@@ -14,6 +14,7 @@ from ..ops.semantics import GNAParams
 from .config import LayerRule, ResolvedWindow, WindowSpec
 from .families.base import Layout, key_padding_lengths, mask_shape_reason
 from .intercept import bind_dispatch
+from .parallel import attend_context_parallel
 
 if TYPE_CHECKING:  # pragma: no cover
     from .hooks import TransformerPatch
@@ -192,8 +193,6 @@ class LayerPatch:
             )
         except TypeError as exc:
             return self._decline(f"unexpected dispatch_attention_fn arguments ({exc})")
-        if parallel_config is not None:
-            return self._decline("a parallel (context-parallel) config is set")
         if dropout_p:
             return self._decline(f"dropout_p={dropout_p}")
         if is_causal:
@@ -211,6 +210,8 @@ class LayerPatch:
             )
         if not q.is_floating_point() or q.dtype != k.dtype or q.dtype != v.dtype:
             return self._decline(f"dtypes {q.dtype}, {k.dtype}, {v.dtype}")
+        if parallel_config is not None:  # diffusers' context parallelism: GNA inside its Ulysses attention, or decline
+            return attend_context_parallel(self, q, k, v, mask, scale, parallel_config)
         layout = plan.layout
         if q.shape[1] != layout.seq_len:
             return self._decline(f"sequence length {q.shape[1]} is not {layout.describe()} = {layout.seq_len} tokens")

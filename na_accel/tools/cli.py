@@ -26,7 +26,9 @@ output directory is created with the first file, so a run that fails before writ
   defaults, the model's and the user's values), prompt_truncation ([{tokenizer, tokenizer_class, tokens, limit,
   dropped}], empty when the prompt fit), warnings, timings (total_s, step_s, mean_step_s, model_load_s),
   peak_gpu_mem_bytes (null off CUDA), versions (python, na_accel, torch, diffusers, triton, transformers),
-  device, dtype, created, command.
+  device, dtype, context_parallel (null, or ulysses_degree, world_size,
+  backend of a ``--ulysses N`` run), created, command. With ``--ulysses N`` (under ``torchrun --nproc-per-node N``)
+  every rank generates, rank 0 alone prints and writes.
 * ``ab``: see :mod:`na_accel.tools.ab` (results.json, results.md, speed_vs_quality.png, outputs/, compare/). An
   output directory holding an earlier A/B run is refused unless ``--overwrite`` (which first removes that run).
 * ``check --json``: model, random_weights, config, config_source, verdict (PASSED | FAILED | NOTHING TESTED),
@@ -153,7 +155,10 @@ def _short(text: str, limit: int = 300) -> str:
 
 
 def _info(msg: str) -> None:
-    typer.echo(msg, err=True)
+    from .parallel import quiet_rank
+
+    if not quiet_rank():  # a --ulysses run prints on rank 0 only
+        typer.echo(msg, err=True)
 
 
 def _warn(msg: str) -> None:
@@ -240,9 +245,19 @@ def generate(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     quiet: QuietOpt = False,
+    ulysses: Annotated[
+        int | None,
+        typer.Option(
+            "--ulysses",
+            help="Ulysses context parallelism over N processes (one per GPU; gloo on a CPU): launch with "
+            "torchrun --nproc-per-node N. Rank 0 writes the outputs.",
+        ),
+    ] = None,
 ) -> None:
     """Generate one output per prompt line: MP4 for video models, PNG for image models, plus a JSON sidecar."""
-    with _handle_errors():
+    from .parallel import ParallelSession
+
+    with _handle_errors(), ParallelSession() as ranks:
         from .generate import read_prompts
 
         prompts = read_prompts(prompt_file)
@@ -252,14 +267,17 @@ def generate(
                    n_prompts=len(prompts), device=device, dtype=dtype)  # fmt: skip
         _check_out(out)
         rc = _resolve_cfg(config, dense)  # before the model: an unknown preset or bad YAML fails fast
+        device = ranks.start(ulysses, device)  # --ulysses N: join torchrun's process group; this rank's device
         lm = _load(model, device, dtype, quiet)
+        ranks.enable(lm.pipe, echo=_info)
         rc = rc or _default_cfg(lm)
         from .generate import generation_kwargs
 
         kw = generation_kwargs(lm, height, width, frames, steps)
         _fits(lm, rc, kw)
         _check_media(lm)
-        _run_generate(lm, rc, prompts, kw, seed, out, progress=not quiet)
+        _run_generate(lm, rc, prompts, kw, seed, out, progress=not quiet and ranks.is_main, write=ranks.is_main,
+                      parallel=ranks.describe())  # fmt: skip
 
 
 def _resolve_cfg(config: str | None, dense: bool) -> Any:
@@ -320,7 +338,8 @@ def _settings(kw: dict, frames: Any) -> dict[str, Any]:
     return out
 
 
-def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out: Path, progress: bool) -> None:
+def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out: Path, progress: bool,
+                  write: bool = True, parallel: dict | None = None) -> None:  # fmt: skip
     from ..quality.run import run_pipeline
     from . import media
     from .bench import plan_rows
@@ -374,6 +393,8 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
                     name = f"{rc.name}-ran-dense"
                     warnings.append(no_sparse_text(rc.name, handle, rc.config, steps, calls))
                     warn_once(warnings[-1])
+            if not write:  # a non-zero rank of a --ulysses run: rank 0 writes
+                continue
             stem = out / f"{i:03d}_{media.slugify(prompt)}__{name}{tag}"
             path = media.write_media(stem, r.frames, fps=lm.fps)
             f, _, h, w = r.frames.shape
@@ -410,11 +431,14 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
                 "versions": vers,
                 "device": dev,
                 "dtype": lm.dtype,
+                "context_parallel": parallel,
                 "created": now_iso(),
                 "command": command_line(),
             }
             media.write_json(path.with_suffix(".json"), sidecar)
             _info(f"  -> {path} ({r.total_s:.2f} s)")
+    if not write:
+        return
     dense_note = f"; {n_dense_only} ran dense throughout (no sparse attention call)" if n_dense_only else ""
     typer.echo(
         f"wrote {n} output(s) to {out}{dense_note}" + (" [tiny random-weight model]" if lm.random_weights else "")

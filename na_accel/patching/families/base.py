@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ...errors import UnsupportedModelError
+
 # --------------------------------------------------------------------------------------------------------------
 # Token layout and adapters
 # --------------------------------------------------------------------------------------------------------------
@@ -128,6 +130,51 @@ class Adapter:
         """Further checks of a recognised forward (e.g. a user-given attention mask); a string makes it dense."""
         return layout
 
+    # ---- context parallelism (diffusers' Ulysses / ring; see na_accel.patching.parallel) ------------------------
+
+    def context_parallel_plan(self, model: torch.nn.Module) -> dict[str, Any]:
+        """The context-parallel plan for diffusers' ``enable_parallelism(cp_plan=...)``: which module inputs are split
+        across the ranks and which outputs are gathered. Default: the model class's own ``_cp_plan`` (a copy)."""
+        plan = getattr(type(model), "_cp_plan", None)
+        if plan is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no context-parallel plan in this diffusers version and na_accel has none "
+                "for it."
+            )
+        return dict(plan)
+
+    def install_context_parallel_hooks(self, model: torch.nn.Module) -> list[Any]:
+        """Install what the plan needs besides diffusers' split and gather hooks (none by default); each must leave
+        outputs unchanged while the model has no context-parallel config. Returns handles with ``remove()``."""
+        return []
+
+    def ulysses_token_positions(self, layout: Layout, world: int) -> torch.Tensor | None:
+        """Where each token of the canonical layout sits in the sequence a rank's attention sees after diffusers'
+        Ulysses all-to-all over ``world`` ranks (the ranks' local sequences concatenated in rank order), as an index
+        tensor ``pos`` with ``gathered[:, pos] == canonical``; None when the two orders agree. Depends on where the
+        family's plan splits the tokens."""
+        raise NotImplementedError
+
+    def context_parallel_input_error(self, model: torch.nn.Module, args: dict[str, Any], cp_config: Any) -> str | None:
+        """Why this forward cannot run under the family's plan with ``cp_config`` (a one-line message for the user),
+        or None. Default: with equal splits (no ``*_anything``) the grid and text token counts must be divisible by
+        the number of context-parallel ranks (diffusers' splitter would stop on an assertion otherwise)."""
+        if cp_config.ulysses_anything or cp_config.ring_anything:
+            return None
+        layout = self.layout(model, args)
+        if isinstance(layout, str):
+            return None
+        ranks = cp_config.ulysses_degree * cp_config.ring_degree
+        counts = [("grid", layout.num_grid)] + ([("text", layout.num_text)] if layout.num_text else [])
+        bad = [f"{n} {what} tokens" for what, n in counts if n % ranks]
+        if not bad:
+            return None
+        return (
+            f"{self.model_class} under context parallelism over {ranks} ranks got {layout.describe()}: "
+            f"{' and '.join(bad)} not divisible by {ranks}; each rank takes an equal share, so use a size (or text "
+            f"length) whose token counts are multiples of {ranks}, or another degree"
+        )
+
     def timestep(self, model: torch.nn.Module, args: dict[str, Any]) -> float | None:
         """A scalar summary of the ``timestep`` argument (its maximum), or None if absent."""
         t = args.get("timestep")
@@ -168,6 +215,40 @@ class VideoSelfAttentionAdapter(Adapter):
         if isinstance(grid, str):
             return grid
         return Layout(grid)
+
+    def ulysses_token_positions(self, layout, world):
+        # The plans split the video tokens (raster order) into equal consecutive chunks, one per rank: the chunks
+        # concatenated in rank order are the raster order again.
+        return chunked_positions(layout, world)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Context parallelism helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def context_parallel_config(model: torch.nn.Module) -> Any:
+    """The ``ContextParallelConfig`` diffusers' ``enable_parallelism`` recorded on ``model``, or None."""
+    return getattr(getattr(model, "_parallel_config", None), "context_parallel_config", None)
+
+
+def chunked_positions(layout: Layout, world: int) -> torch.Tensor | None:
+    """Token positions after the Ulysses all-to-all when the plan splits the grid tokens and the text tokens
+    separately into ``world`` equal consecutive chunks (diffusers' equal split: ``tensor.chunk(world)[rank]``) and
+    every rank's attention input is its text chunk and its grid chunk in the layout's order: the gathered sequence
+    is ``[t_0, g_0, t_1, g_1, ...]`` (text first) or ``[g_0, t_0, g_1, t_1, ...]``. ``pos[i]`` is the gathered
+    index of canonical token ``i``; None when the orders agree (grid only, or one rank)."""
+    if layout.num_text == 0 or world == 1:
+        return None
+    n, t = layout.num_grid // world, layout.num_text // world
+    if n * world != layout.num_grid or t * world != layout.num_text:
+        raise ValueError(f"{layout.describe()} does not split into {world} equal chunks")
+    local = n + t
+    g = torch.arange(layout.num_grid)
+    x = torch.arange(layout.num_text)
+    grid_pos = (g // n) * local + (t if layout.text_first else 0) + g % n
+    text_pos = (x // t) * local + (0 if layout.text_first else n) + x % t
+    return torch.cat([text_pos, grid_pos] if layout.text_first else [grid_pos, text_pos])
 
 
 def mask_shape_reason(mask, layout: Layout, batch: int, device=None) -> str | None:

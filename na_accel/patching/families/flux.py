@@ -6,6 +6,13 @@ blocks get no ``encoder_hidden_states``: their sequence is ``[text, image]`` wit
 ``encoder_hidden_states``. Flux pipelines pass ``timestep / 1000``; only its order matters for step counting. The
 pipelines pass no attention mask; one given through ``joint_attention_kwargs`` must be a text key-padding mask
 (else the forward runs dense).
+
+Context parallelism uses diffusers' own plan (``FluxTransformer2DModel._cp_plan``): ``hidden_states``,
+``encoder_hidden_states``, ``img_ids`` and ``txt_ids`` are split into equal chunks at the forward's input, so each
+rank's attention input is ``[text_r, image_r]`` and, after the Ulysses all-to-all, a rank sees
+``[text_0, image_0, text_1, image_1, ...]``: GNA de-interleaves it into the text block and the raster-order image
+grid (:meth:`FluxAdapter.ulysses_token_positions`). That plan does not split a ``joint_attention_kwargs`` mask,
+which diffusers would then apply to the interleaved sequence: such a forward is refused under context parallelism.
 """
 
 from __future__ import annotations
@@ -14,7 +21,15 @@ from typing import Any
 
 import torch
 
-from .base import Adapter, Layout, SizeFactors, key_padding_lengths, mask_shape_reason, random_tensor
+from .base import (
+    Adapter,
+    Layout,
+    SizeFactors,
+    chunked_positions,
+    key_padding_lengths,
+    mask_shape_reason,
+    random_tensor,
+)
 
 
 class FluxAdapter(Adapter):
@@ -103,6 +118,19 @@ class FluxAdapter(Adapter):
             lengths = key_padding_lengths(mask, layout)
             reason = lengths if isinstance(lengths, str) else None
         return layout if reason is None else f"joint_attention_kwargs: {reason}"
+
+    def ulysses_token_positions(self, layout, world):
+        # diffusers' plan splits text and image tokens separately: [text_0, image_0, text_1, image_1, ...]
+        return chunked_positions(layout, world)
+
+    def context_parallel_input_error(self, model, args, cp_config):
+        if (args.get("joint_attention_kwargs") or {}).get("attention_mask") is not None:
+            return (
+                "FluxTransformer2DModel under context parallelism got joint_attention_kwargs['attention_mask']: "
+                "diffusers' FLUX plan does not split it and would apply it to the wrong tokens; pass no mask (the "
+                "FLUX pipelines pass none) or run on one process"
+            )
+        return super().context_parallel_input_error(model, args, cp_config)
 
 
 def raster_grid_2d(ids: torch.Tensor) -> tuple[int, int] | str:
