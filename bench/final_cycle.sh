@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU call: GPU test files ($TESTS_FILES), then kernel benchmark cases ($CASES, tag $TAG, extra arguments
 # $BENCH_ARGS, e.g. --text-sweep). Results under $OUT.
-# Session 2's final runs (bench/NOTES.md v7; it ran the benchmark before the tests then), with carry [".wheels"]
+# Example runs (bench/NOTES.md v7), with carry [".wheels"]
 # for the patch-layer tests:
 #   CASES=hunyuan-gna,hunyuan-gna-text,hunyuan-na,flux4k-gna,flux4k-na TAG=s2c \
 #     TESTS_FILES="tests/test_triton_gpu.py tests/test_patch_gpu.py" bash bench/final_cycle.sh

@@ -1,4 +1,9 @@
-"""End-to-end tests of the ``na-accel`` command line on the built-in tiny random-weight models (CPU)."""
+"""End-to-end tests of the ``na-accel`` command line on the built-in tiny random-weight models (CPU).
+
+These tests are about the command line's code paths, so they run the random-weight models (seconds): :func:`invoke`
+adds ``--model tiny`` to ``generate``, ``ab`` and ``check`` unless the call names a model (``DEFAULT_MODEL`` marks a
+call that means the real default). The embedded trained default has its own tests (``tests/test_trained.py``).
+"""
 
 from __future__ import annotations
 
@@ -37,8 +42,16 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_DEMO = REPO / "examples" / "configs" / "tiny_demo.yaml"  # sparse on the tiny HunyuanVideo grid after 1 step
 
 
+DEFAULT_MODEL = "--default-model"  # marker for invoke(): do not add --model tiny
+
+
 def invoke(*args: str, input: str | bytes | None = None):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, input=input)
+    argv = [str(a) for a in args]
+    if DEFAULT_MODEL in argv:
+        argv.remove(DEFAULT_MODEL)
+    elif argv and argv[0] in ("generate", "ab", "check") and not {"--model", "-m"} & set(argv):
+        argv[1:1] = ["--model", "tiny"]
+    return runner.invoke(app, argv, catch_exceptions=False, input=input)
 
 
 def mp4_frames(path: Path) -> list[np.ndarray]:

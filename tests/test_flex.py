@@ -180,11 +180,19 @@ def _problem(q, k, v, params):
     )  # fmt: skip
 
 
-def test_auto_picks_reference_on_cpu(caplog):
+def test_auto_on_cpu_picks_masked_sdpa_then_reference(caplog):
+    """Off CUDA, auto passes over flex and triton, takes SDPA with the GNA mask, and the reference when the
+    log-sum-exp is asked for (masked SDPA does not return it) or the mask would be too large."""
     q, k, v = (torch.randn(1, 5, 7, 2, 4) for _ in range(3))
     params = semantics.make_params((5, 7), 3)
     flat = [t.reshape(1, 35, 2, 4) for t in (q, k, v)]
-    assert dispatch.select_backend("auto", _problem(*flat, params)).name == "reference"
+    assert dispatch.select_backend("auto", _problem(*flat, params)).name == "masked_sdpa"
+    with_lse = _problem(*flat, params)
+    with_lse.lse = torch.empty(1, 35, 2)
+    assert dispatch.select_backend("auto", with_lse).name == "reference"
+    big = semantics.make_params((9000,), 3)
+    flat_big = [torch.randn(1, 9000, 1, 4) for _ in range(3)]
+    assert dispatch.select_backend("auto", _problem(*flat_big, big)).name == "reference"
     caplog.set_level(logging.DEBUG, logger="na_accel")
     with warnings.catch_warnings():
         # auto must not run flex eagerly on CPU (it would warn)
@@ -196,7 +204,7 @@ def test_auto_picks_reference_on_cpu(caplog):
         assert any("'triton'" in m and "rejected" in m for m in messages), messages
     else:
         assert any("'triton'" in m and "not installed" in m for m in messages), messages
-    assert torch.equal(out, na_accel.na2d(q, k, v, 3, backend="reference"))
+    torch.testing.assert_close(out, na_accel.na2d(q, k, v, 3, backend="reference"), rtol=1e-5, atol=1e-6)
 
 
 def test_flex_explicit_on_cpu():

@@ -74,3 +74,58 @@ def test_sdpa_rejections():
     ek, ev = k[:, :4], v[:, :4]
     p = _problem(q, k, v, dense, extra_key=ek, extra_value=ev, extra_lengths=lengths)
     assert dispatch.select_backend("auto", p).name != "sdpa"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# masked_sdpa: sparse problems as one SDPA call with the exact GNA mask (CPU)
+# ----------------------------------------------------------------------------------------------------------------
+
+try:
+    import bruteforce as bf
+except ImportError:  # pragma: no cover - tests/ made a package
+    from tests import bruteforce as bf
+
+
+@pytest.mark.parametrize("seed", range(400, 416))
+def test_masked_sdpa_flat_matches_bruteforce(seed):
+    p = bf.random_problem(seed)
+    q, k, v, ek, ev = bf.make_inputs(p)
+    lengths = None if p.extra_lengths is None else torch.tensor(p.extra_lengths)
+    out = na_accel.na_flat(q, k, v, p.grid, p.kernel_size, p.stride, p.dilation, p.is_causal, scale=p.scale,
+                           additional_keys=ek, additional_values=ev, additional_lengths=lengths,
+                           backend="masked_sdpa")  # fmt: skip
+    ref = na_accel.na_flat(q, k, v, p.grid, p.kernel_size, p.stride, p.dilation, p.is_causal, scale=p.scale,
+                           additional_keys=ek, additional_values=ev, additional_lengths=lengths,
+                           backend="reference")  # fmt: skip
+    tol = dict(rtol=1e-9, atol=1e-9) if p.dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5)
+    torch.testing.assert_close(out, ref, **tol)
+
+
+@pytest.mark.parametrize("text_first", [False, True], ids=["text_last", "text_first"])
+def test_masked_sdpa_joint_with_padding_matches_bruteforce(text_first):
+    grid, ks, st, b, h, d, t = (3, 9, 5), (2, 3, 4), (1, 2, 4), 2, 2, 8, 3
+    g = torch.Generator().manual_seed(7)
+    n = 3 * 9 * 5
+    q, k, v = (torch.randn(b, n + t, h, d, generator=g) for _ in range(3))
+    lengths = torch.tensor([0, 2])
+    out = na_accel.na_joint(q, k, v, grid, t, ks, st, text_first=text_first, text_lengths=lengths,
+                            backend="masked_sdpa")  # fmt: skip
+    ref = na_accel.na_joint(q, k, v, grid, t, ks, st, text_first=text_first, text_lengths=lengths,
+                            backend="reference")  # fmt: skip
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=2e-5)
+    if not text_first:  # the same against the brute-force mask (text after the grid)
+        mask = bf.full_mask(bf.grid_mask_bruteforce(grid, ks, st), b, t, [0, 2], True)
+        ref_out, _ = bf.masked_attention(q, k, v, mask)
+        torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=2e-5)
+
+
+def test_masked_sdpa_rejections():
+    q, k, v = _qkv((1, 12, 2, 4), 0)
+    params = semantics.make_params((3, 4), 2)
+    with pytest.raises(BackendUnavailableError, match="log-sum-exp"):
+        na_accel.na_flat(q, k, v, (3, 4), 2, backend="masked_sdpa", return_lse=True)
+    backend = dispatch.get_backend("masked_sdpa")
+    assert backend.unavailable_reason(_problem(q, k, v, params)) is None
+    if torch.cuda.is_available():  # pragma: no cover - CPU CI
+        qc = q.cuda()
+        assert "CUDA" in backend.auto_rejection(_problem(qc, qc, qc, params))

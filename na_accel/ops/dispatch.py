@@ -77,13 +77,14 @@ def _factory(module: str, cls: str) -> Callable[[], Backend]:
     return build
 
 
-# Fastest first: dense problems go to SDPA (cuDNN), the rest to the fused kernels on CUDA, FlexAttention, and the
-# reference, which runs anything.
-AUTO_ORDER = ("sdpa", "triton", "flex", "reference")
+# Fastest first: dense problems go to SDPA (cuDNN), the rest to the fused kernels on CUDA, FlexAttention, SDPA with
+# the GNA mask off the GPU, and the reference, which runs anything.
+AUTO_ORDER = ("sdpa", "triton", "flex", "masked_sdpa", "reference")
 _FACTORIES: dict[str, Callable[[], Backend]] = {
     "sdpa": _factory(".sdpa", "DenseSDPABackend"),
     "triton": _factory(".triton", "TritonBackend"),  # ImportError without Triton: not available
     "flex": _factory(".flex", "FlexBackend"),
+    "masked_sdpa": _factory(".sdpa", "MaskedSDPABackend"),
     "reference": _factory(".reference", "ReferenceBackend"),
 }
 _INSTANCES: dict[str, Backend] = {}

@@ -336,7 +336,8 @@ _ND_DOC = """{n}-D neighborhood attention (GNA) on ``[B, {axes}, heads, D]`` ten
             names; the old names ``extra_keys`` / ``extra_values`` still work and warn).
         additional_lengths: int ``[B]``; only the first ``additional_lengths[b]`` additional keys are valid in batch
             ``b`` (old name ``extra_lengths``).
-        backend: ``"auto"``, ``"sdpa"`` (dense problems only), ``"triton"``, ``"flex"`` or ``"reference"``.
+        backend: ``"auto"``, ``"sdpa"`` (dense problems only), ``"triton"``, ``"flex"``, ``"masked_sdpa"`` (SDPA
+            with the GNA mask: off the GPU, small grids) or ``"reference"``.
         return_lse: also return the fp32 natural-log logsumexp ``[B, {axes}, heads]``.
     """
 

@@ -49,3 +49,88 @@ class DenseSDPABackend(Backend):
         p.out.copy_(out[:, :n])
         if p.text_out is not None:
             p.text_out.copy_(out[:, n:])
+
+
+#: Largest query x key count the masked backend builds a boolean mask for (64 MiB of mask; larger problems go on to
+#: the reference backend, which never holds an N x N tensor).
+MASKED_SDPA_MAX_PAIRS = 64 * 2**20
+
+
+class MaskedSDPABackend(Backend):
+    """Sparse problems off the GPU as one PyTorch SDPA call with the exact GNA mask (a boolean ``[M, M]`` mask over
+    grid + text tokens, ``M = N + T``, cached per problem shape).
+
+    It computes every score and masks most of them away, so it saves no FLOPs; it exists because on a CPU the fused
+    SDPA kernel with a mask is about 5x faster than the reference backend's chunked einsum (2 heads x 2368 tokens x
+    head dim 64 on 2 cores: 0.054 s against 0.26 s; dense SDPA 0.023 s), which makes a sparse generation of the
+    embedded model take about as long as a dense one. ``auto`` takes it only off CUDA (on a GPU the fused kernels
+    and FlexAttention skip the masked tiles) and only for masks up to :data:`MASKED_SDPA_MAX_PAIRS` entries.
+    """
+
+    name = "masked_sdpa"
+
+    def __init__(self) -> None:
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def unavailable_reason(self, problem: Problem) -> str | None:
+        if problem.lse is not None or problem.text_lse is not None:
+            return "it does not return the log-sum-exp (return_lse=True)"
+        m = self._tokens(problem)
+        if m * m > MASKED_SDPA_MAX_PAIRS:
+            return f"its {m} x {m} mask would exceed {MASKED_SDPA_MAX_PAIRS} entries"
+        return None
+
+    def auto_rejection(self, problem: Problem) -> str | None:
+        if problem.query.is_cuda:
+            return "on CUDA the fused kernels and FlexAttention skip masked tiles; a full mask is slower"
+        return self.unavailable_reason(problem)
+
+    @staticmethod
+    def _tokens(problem: Problem) -> int:
+        n = problem.query.shape[1]
+        t = 0 if problem.extra_key is None else problem.extra_key.shape[1]
+        tq = 0 if problem.text_query is None else problem.text_query.shape[1]
+        return max(n + tq, n + t)
+
+    def _mask(self, problem: Problem, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask ``[B or 1, 1, N + Tq, N + T]`` (0 attended, -inf not): grid queries see their window and
+        the valid extra keys, text queries every valid key. Built once per shape, text lengths and dtype (SDPA
+        would otherwise turn a boolean mask into an additive one on every call)."""
+        from .semantics import grid_mask
+
+        p = problem
+        n = p.query.shape[1]
+        t = 0 if p.extra_key is None else p.extra_key.shape[1]
+        tq = 0 if p.text_query is None else p.text_query.shape[1]
+        lengths = None if p.extra_lengths is None or not t else tuple(int(x) for x in p.extra_lengths.tolist())
+        key = (p.params, t, tq, lengths, dtype, p.query.device)
+        mask = self._masks.get(key)
+        if mask is None:
+            dev = p.query.device
+            allowed = torch.ones(n + tq, n + t, dtype=torch.bool, device=dev)
+            allowed[:n, :n] = grid_mask(p.params, torch.arange(n, device=dev))
+            allowed = allowed[None, None]
+            if lengths is not None:
+                valid = torch.arange(n + t, device=dev)[None, :] < n + torch.tensor(lengths, device=dev)[:, None]
+                allowed = allowed & valid[:, None, None, :]
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, float("-inf"))
+            if len(self._masks) >= 8:  # a few shapes per generation; keep memory bounded
+                self._masks.clear()
+            self._masks[key] = mask
+        return mask
+
+    def forward(self, problem: Problem) -> None:
+        p = problem
+        n = p.query.shape[1]
+        q, k, v = p.query, p.key, p.value
+        if p.extra_key is not None:
+            k = torch.cat([k, p.extra_key], 1)
+            v = torch.cat([v, p.extra_value], 1)
+        if p.text_query is not None:
+            q = torch.cat([q, p.text_query], 1)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=self._mask(p, q.dtype), scale=p.scale
+        ).transpose(1, 2)
+        p.out.copy_(out[:, :n])
+        if p.text_out is not None:
+            p.text_out.copy_(out[:, n:])

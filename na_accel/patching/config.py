@@ -55,7 +55,7 @@ __all__ = [
 
 SUPPORTED_VERSIONS = (1,)
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-BACKENDS = ("auto", "sdpa", "triton", "flex", "reference")
+BACKENDS = ("auto", "sdpa", "triton", "flex", "masked_sdpa", "reference")
 ON_OVERSIZE = ("clamp", "raise")
 
 # An axis value of kernel_size / stride: -1 (whole axis), an int >= 1, or a fraction of the axis in (0, 1].

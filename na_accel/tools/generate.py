@@ -196,7 +196,7 @@ class LoadedModel:
     pipe: Any
     family: str
     label: str  # human name used in outputs
-    model_id: str | None  # what --model said (None: built-in tiny default)
+    model_id: str | None  # what --model said (None: the embedded trained model)
     random_weights: bool
     rules: ShapeRules
     default_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -205,6 +205,7 @@ class LoadedModel:
     device: str = "cpu"
     dtype: str = "float32"
     source: str = "built-in"  # built-in | local directory | hub
+    default_config: str | None = None  # preset for this model when no --config is given (None: the family's)
 
     @property
     def file_tag(self) -> str:
@@ -212,14 +213,19 @@ class LoadedModel:
         return "tiny-random-weight-model" if self.random_weights else ""
 
 
+#: ``--model`` values that name the embedded trained model (also the default when --model is not given).
+EMBEDDED_SPECS = (None, "embedded")
+
+
 def _is_tiny_spec(model: str | None) -> bool:
-    return model is None or model == "tiny" or model.startswith("tiny:")
+    """``tiny`` / ``tiny:<family>``: a built-in random-weight pipeline."""
+    return model is not None and (model == "tiny" or model.startswith("tiny:"))
 
 
 def _tiny_spec_family(model: str | None) -> str:
     from ..tiny import FAMILIES, TINY_DEFAULT
 
-    family = TINY_DEFAULT if model in (None, "tiny") else str(model).split(":", 1)[1]
+    family = TINY_DEFAULT if model == "tiny" else str(model).split(":", 1)[1]
     if family not in FAMILIES:
         raise InputError(
             f"unknown tiny model family {family!r} in --model {model}; choose one of "
@@ -237,8 +243,12 @@ def _family_rules(family: str) -> ShapeRules:
 
 
 def preflight_rules(model: str | None) -> tuple[ShapeRules, str]:
-    """Size rules known before a model is loaded, and whose they are: the exact rules of a built-in tiny model, else
+    """Size rules known before a model is loaded, and whose they are: the exact rules of a built-in model, else
     the rules every supported model shares (the loaded model's own rules are checked again after loading)."""
+    if model in EMBEDDED_SPECS:
+        from ..tiny.trained import TRAINED_LABEL
+
+        return _family_rules("hunyuan"), f"the {TRAINED_LABEL}"
     if _is_tiny_spec(model):
         family = _tiny_spec_family(model)
         from ..patching.families import family_adapter
@@ -385,13 +395,23 @@ def load_error_message(model: str, e: BaseException) -> str:
 
 
 def load_model(model: str | None = None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """``None`` (or ``"tiny"`` / ``"tiny:<family>"``): the built-in tiny random-weight pipeline; anything else:
+    """``None`` or ``"embedded"``: the embedded trained model (``na_accel.tiny.trained``, loaded from its shipped
+    folder); ``"tiny"`` / ``"tiny:<family>"``: a built-in tiny random-weight pipeline; anything else:
     ``DiffusionPipeline.from_pretrained(model)`` (hub id or local directory). A saved tiny pipeline gets the tiny
-    model's generation defaults and label."""
+    model's generation defaults and label; a folder with ``na_accel_generation.json`` (the embedded model's, or a
+    copy) gets the generation arguments saved there."""
     import torch
 
     dev = resolve_device(device)
     t0 = time.perf_counter()
+    if model in EMBEDDED_SPECS:
+        from ..tiny import trained
+
+        lm = load_model(str(trained.PIPELINE_DIR), device=device, dtype=dtype)
+        lm.label, lm.model_id, lm.source = trained.TRAINED_LABEL, model, "built-in"
+        lm.default_config = trained.TRAINED_PRESET
+        lm.load_s = time.perf_counter() - t0
+        return lm
     if _is_tiny_spec(model):
         from .. import tiny
 
@@ -419,6 +439,7 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
 
     tdtype = _resolve_dtype(dtype, dev)
     p = Path(model).expanduser()
+    saved_defaults: dict[str, Any] = {}
     looks_local = p.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
     if looks_local and not p.exists():
         raise InputError(f"model directory not found: {model!r}")
@@ -438,6 +459,13 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
     from ..tiny import FAMILIES, default_generation_kwargs, tiny_family
 
     tiny_attr = tiny_family(pipe)
+    if p.exists() and not tiny_attr:
+        from ..tiny.trained import generation_defaults
+
+        try:
+            saved_defaults = generation_defaults(p)
+        except ValueError as e:
+            raise InputError(str(e)) from None
     return LoadedModel(
         pipe=pipe,
         family=adapter.family,
@@ -445,8 +473,8 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
         model_id=model,
         random_weights=bool(tiny_attr),
         rules=shape_rules(pipe),
-        default_kwargs=dict(default_generation_kwargs(tiny_attr)) if tiny_attr in FAMILIES else {},
-        fps=TINY_FPS if tiny_attr else adapter.default_fps,
+        default_kwargs=dict(default_generation_kwargs(tiny_attr)) if tiny_attr in FAMILIES else saved_defaults,
+        fps=TINY_FPS if tiny_attr or saved_defaults else adapter.default_fps,
         load_s=time.perf_counter() - t0,
         device=dev,
         dtype=str(tdtype).replace("torch.", ""),
@@ -540,9 +568,12 @@ def resolve_config(config: str | None, dense: bool = False) -> ResolvedConfig:
 
 
 def default_config_for(lm: LoadedModel) -> str | None:
-    """The name of the shipped preset for the model's family (None when there is none)."""
+    """The preset for the model (the embedded model's own), else the shipped preset of its family (None when
+    there is none)."""
     from ..patching.config import list_presets
 
+    if lm.default_config:
+        return lm.default_config
     cls = _transformer_class(lm.pipe)
     pipe_cls = type(lm.pipe).__name__
     presets = list(list_presets())
