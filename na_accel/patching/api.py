@@ -28,7 +28,7 @@ from ..errors import AlreadyPatchedError, ConfigError, UnsupportedModelError
 from .config import NAConfig, load_config
 from .families import adapter_for, supported_models_text
 from .hooks import SchedulerHook, TransformerPatch
-from .plan import StepTracker
+from .plan import AttentionProbe, StepTracker
 
 __all__ = ["AlreadyPatchedError", "PatchHandle", "is_patched", "patch", "patched", "unpatch"]
 
@@ -95,6 +95,13 @@ class PatchHandle:
     def new_generation(self) -> None:
         """Restart step counting: the next forward is step 0 (and dense if ``dense_steps > 0``)."""
         self._tracker.new_generation()
+
+    def set_probe(self, probe: AttentionProbe | None) -> None:
+        """Observe every eager sparse attention call of the patched transformers with ``probe`` (a callable taking a
+        :class:`~na_accel.patching.plan.ProbeCall`, e.g. :class:`na_accel.quality.locality.LocalityProbe`); None
+        removes it. Probes only read: outputs are unchanged. :meth:`unpatch` removes the probe as well."""
+        for p in self._patches:
+            p.probe = probe
 
     def layer_plans(self) -> list[dict[str, Any]]:
         """One dict per self-attention layer: transformer, layer, rule, window (for the last seen grid), reason, and

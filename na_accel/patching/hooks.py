@@ -13,6 +13,10 @@ How a patched denoising step flows (diffusers 0.42.1):
    case the original function runs with the identical arguments. Under diffusers' context parallelism the call
    carries a parallel config and the rank's local tokens; :func:`.parallel.attend_context_parallel` then runs GNA
    inside diffusers' Ulysses attention, or declines.
+3. When a probe is set (:attr:`TransformerPatch.probe`, through :meth:`.api.PatchHandle.set_probe`), every eager
+   GNA call outside context parallelism also hands its query, key, layout and window to the probe
+   (:class:`.plan.ProbeCall`), e.g. to measure how much softmax mass the window keeps
+   (:mod:`na_accel.quality.locality`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from .config import ConfigError, NAConfig
 from .families.base import Adapter, Layout
 from .intercept import DISPATCH_NAME, NAProcessor, install_dispatcher, uninstall_dispatcher, wrapper_class
 from .parallel import context_parallel_summary
-from .plan import ForwardPlan, LayerPatch, StepTracker
+from .plan import AttentionProbe, ForwardPlan, LayerPatch, StepTracker
 
 logger = logging.getLogger("na_accel")
 
@@ -48,6 +52,8 @@ class TransformerPatch:
         self.other_attention: list[str] = []  # attention modules that are never patched (cross-attention, ...)
         self.forwards = 0
         self.warnings: set[str] = set()  # one-time warnings already logged (e.g. ring attention runs dense)
+        #: observer of eager sparse attention calls (see :class:`.plan.AttentionProbe`); None: none, no cost
+        self.probe: AttentionProbe | None = None
         self._hook = None
         self._post_hook = None
         self._signature = inspect.signature(type(model).forward)
@@ -131,6 +137,7 @@ class TransformerPatch:
             uninstall_dispatcher(module_name)
         self._installed_modules = []
         self.plan = None
+        self.probe = None
 
     # ---- the forward pre-hook ------------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -88,6 +88,39 @@ class ForwardPlan:
     dense_reason: str | None  # every layer dense in this forward (dense step, unrecognised input, ...)
     dense: bool = False  # dense_reason is not None (a bool, so torch.compile guards do not change every step)
     mask_cache: tuple | None = None  # (mask tensor, text lengths or a fallback reason string)
+
+
+@dataclass(frozen=True)
+class ProbeCall:
+    """What an attention probe sees of one sparse (GNA) attention call; see :class:`AttentionProbe`.
+
+    ``query`` and ``key`` are the tensors the GNA call received (``[B, S, heads, D]``, after QK-norm and RoPE, the
+    text tokens at ``layout.text_slice``); ``text_lengths`` is the int ``[B]`` count of valid text tokens (None: all
+    valid); ``scale`` is the softmax scale as passed (None: ``D ** -0.5``). The tensors must not be modified.
+    """
+
+    transformer: str  # the patched transformer's label ("transformer", "transformer_2")
+    layer: str  # module name of the attention layer
+    step: int | None  # denoising step of the current generation (None when unknown)
+    layout: Layout
+    params: GNAParams
+    query: torch.Tensor
+    key: torch.Tensor
+    text_lengths: torch.Tensor | None
+    scale: float | None
+
+
+class AttentionProbe(Protocol):
+    """A read-only observer of sparse attention calls, set with
+    :meth:`na_accel.patching.api.PatchHandle.set_probe` (stored as :attr:`.hooks.TransformerPatch.probe`).
+
+    :meth:`LayerPatch.attend` calls it once per eager GNA call (after the GNA output is computed, outside
+    ``torch.compile`` and not under context parallelism) with a :class:`ProbeCall`; dense steps, dense layers and
+    fallbacks are not reported. With no probe set (the default) nothing is built or called. A probe must not change
+    its arguments or any global state the model reads (e.g. the global RNG), so outputs stay bit-identical.
+    """
+
+    def __call__(self, call: ProbeCall) -> None: ...
 
 
 @dataclass
@@ -233,6 +266,9 @@ class LayerPatch:
                           is_causal=p.is_causal, scale=scale, backend=backend)  # fmt: skip
         if not torch.compiler.is_compiling():
             self.stats.sparse += 1
+            probe = self.owner.probe
+            if probe is not None:
+                probe(ProbeCall(self.owner.label, self.name, plan.step, layout, p, q, k, lengths, scale))
         return out
 
     @staticmethod

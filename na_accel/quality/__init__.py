@@ -1,2 +1,3 @@
 """Quality against dense: metrics (:mod:`.metrics`), running a pipeline for a comparison (:mod:`.run`), the
-comparison itself (:mod:`.compare`) and its report (:mod:`.report`)."""
+comparison itself (:mod:`.compare`) and its report (:mod:`.report`); attention recall of a GNA window (the share of
+dense softmax mass it keeps) and a probe that measures it during generation (:mod:`.locality`)."""
