@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kernel benchmark (DESIGN.md section 6): na_accel's GNA kernels vs cuDNN SDPA (dense) and FlexAttention (same mask).
+"""Kernel benchmark: na_accel's GNA kernels vs cuDNN SDPA (dense) and FlexAttention (same mask).
 
 * cuDNN: ``scaled_dot_product_attention`` under ``sdpa_kernel(SDPBackend.CUDNN_ATTENTION)`` on ``[B, H, S, D]``.
 * Flex: compiled ``flex_attention`` with the exact mask on inputs already in tiled order (``na_accel.flex.to_tiled``;

@@ -141,7 +141,10 @@ def _v1(**kw):
         (_v1(defaults={"is_causal": "yes"}), ["defaults.is_causal: expected true or false"]),
         (_v1(defaults={"dense_steps": -1}), ["defaults.dense_steps: expected an int >= 0"]),
         (_v1(defaults={"on_oversize": "clip"}), ["defaults.on_oversize", "'clamp', 'raise'", "Did you mean 'clamp'?"]),
-        (_v1(defaults={"backend": "cuda"}), ["defaults.backend", "'auto', 'sdpa', 'triton', 'flex', 'masked_sdpa', 'reference'"]),
+        (
+            _v1(defaults={"backend": "cuda"}),
+            ["defaults.backend", "'auto', 'sdpa', 'triton', 'flex', 'masked_sdpa', 'reference'"],
+        ),
         (_v1(defaults=[1]), ["defaults: expected a mapping"]),
         (_v1(layers={"match": "x"}), ["layers: expected a list of rules"]),
         (_v1(layers=[{"dense": True}]), ["layers[0].match: missing required key"]),

@@ -1,5 +1,5 @@
 """Grid queries in Triton: :func:`gna_forward` and its kernel :func:`_gna_fwd_kernel` (every CUDA GPU, and the
-interpreter). 3-D query tiles, analytic key-tile ranges, online softmax in fp32 (DESIGN.md section 3).
+interpreter). 3-D query tiles, analytic key-tile ranges, online softmax in fp32.
 
 * Every grid is handled as 3-D (1-D and 2-D get size-1 leading axes). A program owns one query tile, a
   ``(TQ0, TQ1, TQ2)`` box of in-group coordinates of one dilation group (coordinate ``x = g + d * x'``), for one
