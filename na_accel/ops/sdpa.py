@@ -7,6 +7,18 @@ import torch
 from .dispatch import Backend, Problem
 
 
+def _one_sequence(p: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries (grid, then text), keys and values (grid, then extra) of a problem as single ``[B, S, heads, D]``
+    sequences for one SDPA call; grid outputs are the first ``N`` rows of its result, text outputs the rest."""
+    q, k, v = p.query, p.key, p.value
+    if p.extra_key is not None:
+        k = torch.cat([k, p.extra_key], 1)
+        v = torch.cat([v, p.extra_value], 1)
+    if p.text_query is not None:
+        q = torch.cat([q, p.text_query], 1)
+    return q, k, v
+
+
 class DenseSDPABackend(Backend):
     """Problems whose windows cover the whole grid are plain attention: PyTorch SDPA, cuDNN first where it runs.
 
@@ -35,12 +47,7 @@ class DenseSDPABackend(Backend):
 
         p = problem
         n = p.query.shape[1]
-        q, k, v = p.query, p.key, p.value
-        if p.extra_key is not None:
-            k = torch.cat([k, p.extra_key], 1)
-            v = torch.cat([v, p.extra_value], 1)
-        if p.text_query is not None:
-            q = torch.cat([q, p.text_query], 1)
+        q, k, v = _one_sequence(p)
         order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
         with sdpa_kernel(order + [SDPBackend.MATH], set_priority=True):
             out = torch.nn.functional.scaled_dot_product_attention(
@@ -122,12 +129,7 @@ class MaskedSDPABackend(Backend):
     def forward(self, problem: Problem) -> None:
         p = problem
         n = p.query.shape[1]
-        q, k, v = p.query, p.key, p.value
-        if p.extra_key is not None:
-            k = torch.cat([k, p.extra_key], 1)
-            v = torch.cat([v, p.extra_value], 1)
-        if p.text_query is not None:
-            q = torch.cat([q, p.text_query], 1)
+        q, k, v = _one_sequence(p)
         out = torch.nn.functional.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=self._mask(p, q.dtype), scale=p.scale
         ).transpose(1, 2)
