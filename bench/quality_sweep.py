@@ -69,7 +69,6 @@ from na_accel.tiny import detect, world  # noqa: E402
 from na_accel.tools import media  # noqa: E402
 
 DEFAULT_PIPELINE = Path(na_accel.__file__).resolve().parent / "tiny" / "t2v_pipeline"
-EVAL_SEED0 = 3_000_000  # held-out eval prompts and seeds (EVAL_SEED0 of training/train_tiny_t2v.py)
 WINDOWS = ((8, 12, 12), (4, 12, 12), (3, 10, 10), (3, 8, 8))
 DENSE_FRACTIONS = (0.0, 0.1, 0.3)
 STRIDES = ("1", "tile")
@@ -246,9 +245,9 @@ class Prompts:
 
 
 def eval_prompts(count: int) -> Prompts:
-    seeds = [EVAL_SEED0 + i for i in range(count)]
-    scenes = [world.sample_scene(s, split="eval") for s in seeds]
-    return Prompts(scenes, [world.caption(sc, s) for sc, s in zip(scenes, seeds, strict=True)], seeds)
+    """The first ``count`` held-out prompts of the world (:func:`na_accel.tiny.world.eval_prompts`)."""
+    seeds, scenes, captions = zip(*world.eval_prompts(count), strict=True)
+    return Prompts(list(scenes), list(captions), list(seeds))
 
 
 def generate_all(pipe: Any, prompts: Prompts, gen: dict[str, Any], batch: int, device: torch.device, name: str,
@@ -567,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         "generation": gen,
         "grid": list(grid),
         "dtype": str(dtype).replace("torch.", ""),
-        "eval_seed0": EVAL_SEED0,
+        "eval_seed0": world.EVAL_SEED0,
         "windows": [list(w) for w in (args.windows if not args.smoke else [c.window for c in configs])],
         "dense_fractions": fractions,
         "strides": strides,

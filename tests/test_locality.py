@@ -9,7 +9,7 @@ import torch
 import na_accel
 from na_accel.ops.semantics import make_params
 from na_accel.patching.families.base import Layout
-from na_accel.quality.locality import LocalityProbe, kept_mass, kept_mass_per_query, sample_queries
+from na_accel.quality.locality import LocalityProbe, kept_mass_per_query, sample_queries
 from na_accel.tiny import default_generation_kwargs, tiny_pipeline
 
 try:
@@ -58,12 +58,10 @@ def test_kept_mass_matches_bruteforce(case):
     assert got.shape == expected.shape
     torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-7)
     assert (got > 0).all() and (got <= 1 + 1e-6).all()
-    # a sample of queries (chunked to one row at a time) gives the same rows; kept_mass is their mean
+    # a sample of queries (chunked to one row at a time) gives the same rows
     idx = sample_queries(grid, 7, seed=3)
     part = kept_mass_per_query(q, k, layout, params, scale, text_lengths, queries=idx, chunk_bytes=1)
     torch.testing.assert_close(part.double(), expected[:, idx], rtol=1e-6, atol=1e-7)
-    mean = kept_mass(q, k, layout, params, scale, text_lengths, queries=idx)
-    torch.testing.assert_close(mean.double(), expected[:, idx].mean(dim=(0, 1)), rtol=1e-6, atol=1e-7)
 
 
 def test_kept_mass_is_the_lse_ratio_of_the_gna_op():
@@ -89,7 +87,7 @@ def test_whole_grid_window_keeps_everything():
     layout = Layout(grid, 3)
     q = torch.randn(1, layout.seq_len, 2, 4)
     params = make_params(grid, -1)
-    torch.testing.assert_close(kept_mass(q, q, layout, params), torch.ones(2))
+    torch.testing.assert_close(kept_mass_per_query(q, q, layout, params), torch.ones(1, layout.num_grid, 2))
 
 
 def test_sample_queries():
@@ -145,10 +143,11 @@ def test_probe_records_kept_mass_and_leaves_outputs_unchanged():
     for r in recs:
         assert r["calls"] == 1 and r["rows"] == 32 and len(r["kept_mass"]) == heads
         assert all(0.0 < v <= 1.0 + 1e-6 for v in r["kept_mass"])
-    # the probe's numbers are kept_mass() of the call's tensors on the probe's sample
+    # the probe's numbers are the per-head means of kept_mass_per_query on the call's tensors and the probe's sample
     call = recorder.calls[-1]
     idx = sample_queries(call.layout.grid, 32, seed=0)
-    direct = kept_mass(call.query, call.key, call.layout, call.params, call.scale, call.text_lengths, queries=idx)
+    direct = kept_mass_per_query(call.query, call.key, call.layout, call.params, call.scale, call.text_lengths,
+                                 queries=idx).mean(dim=(0, 1))  # fmt: skip
     last = next(r for r in recs if (r["layer"], r["step"]) == (call.layer, call.step))
     got = torch.tensor(last["kept_mass"], dtype=torch.float64)
     torch.testing.assert_close(got, direct.double(), rtol=1e-5, atol=1e-6)

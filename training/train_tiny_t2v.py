@@ -53,7 +53,7 @@ from na_accel.tiny import world  # noqa: E402
 from na_accel.tiny.random_weights import _clip_tokenizer, _llama_tokenizer  # noqa: E402
 
 STAGES = ("vae", "latents", "transformer", "save", "eval")
-VAE_SEED0, TRAIN_SEED0, EVAL_SEED0 = 2_000_000, 1_000_000, 3_000_000
+VAE_SEED0, TRAIN_SEED0 = 2_000_000, 1_000_000  # the eval prompts start at world.EVAL_SEED0 (3_000_000)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -410,21 +410,18 @@ def stage_eval(cfg: dict, path: Path, dev, log: Log, out: Path, count: int, batc
     from diffusers import HunyuanVideoPipeline
 
     from na_accel.tiny import detect
+    from na_accel.tiny.trained import generation_defaults
 
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     pipe = HunyuanVideoPipeline.from_pretrained(path, dtype=dtype).to(dev)
     pipe.set_progress_bar_config(disable=True)
-    gen = json.loads((path / "na_accel_generation.json").read_text())
-    scenes, captions = [], []
-    for i in range(count):
-        scene = world.sample_scene(EVAL_SEED0 + i, split="eval")
-        scenes.append(scene)
-        captions.append(world.caption(scene, EVAL_SEED0 + i))
+    gen = generation_defaults(path)
+    seeds, scenes, captions = map(list, zip(*world.eval_prompts(count), strict=True))
     rows, t0 = [], time.time()
     samples = []
     for start in range(0, count, batch):
         prompts = captions[start : start + batch]
-        gens = [torch.Generator("cpu").manual_seed(EVAL_SEED0 + start + j) for j in range(len(prompts))]
+        gens = [torch.Generator("cpu").manual_seed(seeds[start + j]) for j in range(len(prompts))]
         with torch.no_grad():
             frames = pipe(prompt=prompts, negative_prompt=[gen["negative_prompt"]] * len(prompts), generator=gens,
                           output_type="np", **{k: v for k, v in gen.items() if k != "negative_prompt"}).frames

@@ -103,6 +103,7 @@ class MaskedSDPABackend(Backend):
         """Additive mask ``[B or 1, 1, N + Tq, N + T]`` (0 attended, -inf not): grid queries see their window and
         the valid extra keys, text queries every valid key. Built once per shape, text lengths and dtype (SDPA
         would otherwise turn a boolean mask into an additive one on every call)."""
+        from .reference import _key_valid
         from .semantics import grid_mask
 
         p = problem
@@ -117,9 +118,9 @@ class MaskedSDPABackend(Backend):
             allowed = torch.ones(n + tq, n + t, dtype=torch.bool, device=dev)
             allowed[:n, :n] = grid_mask(p.params, torch.arange(n, device=dev))
             allowed = allowed[None, None]
-            if lengths is not None:
-                valid = torch.arange(n + t, device=dev)[None, :] < n + torch.tensor(lengths, device=dev)[:, None]
-                allowed = allowed & valid[:, None, None, :]
+            valid = _key_valid(p.extra_lengths, len(lengths), n, t, dev) if lengths is not None else None
+            if valid is not None:
+                allowed = allowed & valid
             mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, float("-inf"))
             if len(self._masks) >= 8:  # a few shapes per generation; keep memory bounded
                 self._masks.clear()

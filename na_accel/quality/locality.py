@@ -10,7 +10,7 @@ that every grid query attends to). It is 1 when the window holds all of the atte
 attention that the sparse call keeps otherwise (the sparse call renormalises that share to 1). Text queries attend
 densely under GNA too, so only grid queries are measured.
 
-:func:`kept_mass_per_query` / :func:`kept_mass` compute it exactly for a sample of grid queries
+:func:`kept_mass_per_query` computes it exactly for a sample of grid queries
 (:func:`sample_queries`): scores are formed for the sampled rows only, in chunks, so memory stays at
 ``sampled rows x sequence length`` (never ``N x N``). :class:`LocalityProbe` attaches to a patch handle
 (:meth:`na_accel.patching.api.PatchHandle.set_probe`) and accumulates the kept mass per (transformer, layer,
@@ -29,7 +29,7 @@ from ..ops.semantics import GNAParams, grid_mask
 from ..patching.families.base import Layout
 from ..patching.plan import ProbeCall
 
-__all__ = ["LocalityProbe", "kept_mass", "kept_mass_per_query", "sample_queries", "window_rows"]
+__all__ = ["LocalityProbe", "kept_mass_per_query", "sample_queries", "window_rows"]
 
 #: Upper bound on the bytes of one chunk's score tensor (B x heads x chunk x sequence, compute dtype).
 CHUNK_BYTES = 64 * 1024 * 1024
@@ -159,21 +159,6 @@ def kept_mass_per_query(
         queries = torch.arange(layout.num_grid)
     rows = window_rows(params, layout, queries, query.device)
     return _kept_rows(query, key, layout, queries, rows, scale, text_lengths, chunk_bytes)
-
-
-def kept_mass(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    layout: Layout,
-    params: GNAParams,
-    scale: float | None = None,
-    text_lengths: torch.Tensor | None = None,
-    queries: torch.Tensor | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
-) -> torch.Tensor:
-    """Per-head mean kept mass ``[heads]`` (float32) over the batch and the sampled grid queries; arguments as
-    :func:`kept_mass_per_query`."""
-    return kept_mass_per_query(query, key, layout, params, scale, text_lengths, queries, chunk_bytes).mean(dim=(0, 1))
 
 
 class LocalityProbe:

@@ -332,6 +332,21 @@ def _sample_triple(rng: np.random.Generator, colours: list[str]) -> Triple:
             return t
 
 
+#: First seed of the held-out evaluation prompts: prompt i is the "eval" scene of seed ``EVAL_SEED0 + i`` with its
+#: caption, generated with a torch generator seeded the same (see :func:`eval_prompts`).
+EVAL_SEED0 = 3_000_000
+
+
+def eval_prompts(count: int) -> list[tuple[int, Scene, str]]:
+    """The first ``count`` held-out evaluation prompts as ``(seed, scene, caption)``: the one evaluation set of the
+    embedded model (its training script's eval stage and ``bench/quality_sweep.py`` both use it)."""
+    out = []
+    for seed in range(EVAL_SEED0, EVAL_SEED0 + count):
+        scene = sample_scene(seed, split="eval")
+        out.append((seed, scene, caption(scene, seed)))
+    return out
+
+
 def sample_scene(seed: int, split: str = "train", n_objects: int | None = None) -> Scene:
     """The scene of ``seed`` in ``split`` ("train" or "eval"); ``n_objects`` (1-3) overrides the drawn count.
 
