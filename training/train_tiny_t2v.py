@@ -66,7 +66,7 @@ def load_cfg(path: Path, smoke: bool) -> dict[str, Any]:
     if smoke:  # every stage at toy size, a few seconds each on a CPU
         cfg["data"].update(frames=9, height=64, width=64, train_clips=16, vae_clips=8, vae_frames=5, workers=2)
         cfg["train"]["vae"].update(steps=3, batch=2, time_budget_s=60)
-        cfg["train"]["transformer"].update(batch=2, warmup=2, time_budget_s=60, max_steps=3)
+        cfg["train"]["transformer"].update(batch=2, warmup=2, resume_warmup=1, time_budget_s=60, steps=3)
         cfg["generation"]["num_inference_steps"] = 2
     return cfg
 
@@ -185,6 +185,12 @@ def load_ckpt(out: Path, comps: dict, log: Log) -> tuple[dict | None, dict]:
     state = dict(log.data.get("state", {}))
     if (d / "vae.pt").exists():
         comps["vae"].load_state_dict(torch.load(d / "vae.pt", map_location="cpu"))
+        # the scaling factor is config, not a weight: without it the resumed run would scale its latents by the
+        # class default and train the transformer on a different latent distribution than before the resume
+        sf = log.data["stages"].get("vae", {}).get("scaling_factor")
+        if sf is None:
+            raise SystemExit(f"--resume: {log.path} records no VAE scaling_factor (stages.vae); run the vae stage")
+        comps["vae"].register_to_config(scaling_factor=sf)
     if (d / "live.pt").exists():
         for k, sd in torch.load(d / "live.pt", map_location="cpu").items():
             comps[k].load_state_dict({n: t.float() for n, t in sd.items()})
@@ -247,7 +253,8 @@ def stage_vae(cfg: dict, comps: dict, dev, log: Log) -> None:
     g = torch.Generator().manual_seed(cfg["seed"] + 1)
     t0, step = time.time(), 0
     while step < t["steps"] and time.time() - t0 < t["time_budget_s"]:
-        lr = t["lr"] * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / t["steps"]))
+        progress = min(1.0, max(step / t["steps"], (time.time() - t0) / t["time_budget_s"]))
+        lr = t["lr"] * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(len(data), (t["batch"],), generator=g)
@@ -316,6 +323,13 @@ def make_pipe(comps: dict):
     return HunyuanVideoPipeline(**comps)
 
 
+def transformer_lr(t: dict, step: int) -> float:
+    """Cosine decay from ``lr`` to ``min_lr`` over ``steps`` (a function of the step alone, so a resumed run
+    continues the same schedule)."""
+    progress = min(1.0, step / t["steps"])
+    return t["min_lr"] + (t["lr"] - t["min_lr"]) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat: torch.Tensor, caps: list[str],
                       dev, log: Log, out: Path, checkpoint_every: float) -> dict:  # fmt: skip
     t = cfg["train"]["transformer"]
@@ -340,10 +354,12 @@ def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat
     step = step0
     guidance = torch.full((t["batch"],), cfg["generation"]["guidance_scale"] * 1000.0, device=dev)
     losses: list[float] = []
-    while step - step0 < t["max_steps"] and time.time() - t0 < t["time_budget_s"]:
-        warm = min(1.0, (step - step0 + 1) / t["warmup"])
+    warmup = t["resume_warmup"] if step0 else t["warmup"]
+    while step < t["steps"] and time.time() - t0 < t["time_budget_s"]:
+        warm = min(1.0, (step - step0 + 1) / warmup)
+        lr = warm * transformer_lr(t, step)
         for group in opt.param_groups:
-            group["lr"] = t["lr"] * warm
+            group["lr"] = lr
         idx = torch.randint(n, (t["batch"],), generator=g)
         x0 = lat[idx.to(lat.device)].to(dev).float()
         drop = torch.rand(t["batch"], generator=g) < t["caption_dropout"]
@@ -372,7 +388,7 @@ def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat
         if step % 50 == 0:
             el = time.time() - t0
             row = {"step": step, "t": round(el, 1), "loss": sum(losses) / len(losses), "grad_norm": float(gn),
-                   "lr": t["lr"] * warm, "samples_per_s": (step - step0) * t["batch"] / el}  # fmt: skip
+                   "lr": lr, "samples_per_s": (step - step0) * t["batch"] / el}  # fmt: skip
             log.curve("transformer", row)
             say(f"step {step}: loss {row['loss']:.4f} grad {row['grad_norm']:.2f} "
                 f"{row['samples_per_s']:.0f} samples/s")  # fmt: skip
