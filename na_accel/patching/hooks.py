@@ -17,6 +17,11 @@ How a patched denoising step flows (diffusers 0.42.1):
    GNA call outside context parallelism also hands its query, key, layout and window to the probe
    (:class:`.plan.ProbeCall`), e.g. to measure how much softmax mass the window keeps
    (:mod:`na_accel.quality.locality`).
+
+The transformer hooks are PyTorch forward hooks, not diffusers' ``HookRegistry`` hooks: those wrap ``forward``, and
+accelerate's offload hooks (which diffusers removes and re-installs after every call of a model-offloaded
+pipeline) restore ``forward`` from before their own wrapper, dropping any wrapper added after it; PyTorch's hooks
+are kept beside ``forward`` and survive. diffusers' caches hook the blocks, so the pre-hook still sees every step.
 """
 
 from __future__ import annotations

@@ -126,8 +126,11 @@ class AttentionProbe(Protocol):
 @dataclass
 class LayerStats:
     """Attention calls of one layer. Eager calls are counted where they are answered; a call inside torch.compile
-    cannot count itself, so the transformer's forward post-hook counts it from the forward's plan (sparse or dense)
-    and adds it to ``compiled`` as well (a fallback inside compiled code is then counted as planned)."""
+    cannot count itself (reading a counter there would specialise the graph on its value), so it only marks the layer
+    as called (:attr:`LayerPatch.called_in_compiled`, a constant store that torch.compile replays after the graph)
+    and the transformer's forward post-hook counts it from the forward's plan (sparse or dense), adding it to
+    ``compiled`` as well (a fallback inside compiled code is then counted as planned). A layer that did not run in a
+    forward (its block skipped by a diffusers cache such as FirstBlockCache) is not counted."""
 
     sparse: int = 0
     dense: int = 0
@@ -160,17 +163,20 @@ class LayerPatch:
         self.reason: str | None = static_reason  # why params is None
         self.stats = LayerStats()
         self._calls_at_forward_start: int | None = None  # stats.total when the current forward began
+        self.called_in_compiled = False  # set by an attention call traced into compiled code, during this forward
 
     # ---- counting calls that ran inside torch.compile ------------------------------------------------------------
 
     def forward_started(self) -> None:
         self._calls_at_forward_start = self.stats.total
+        self.called_in_compiled = False
 
     def forward_ended(self, plan: ForwardPlan | None) -> None:
-        """After a forward: if no call of this layer was counted eagerly, it ran inside compiled code; count it as
-        the plan had it."""
+        """After a forward: if this layer was called inside compiled code and no call was counted eagerly, count
+        one call as the plan had it. A layer that was not called at all (skipped by a cache) is not counted."""
         start, self._calls_at_forward_start = self._calls_at_forward_start, None
-        if start is None or self.static_reason is not None or self.stats.total != start:
+        called, self.called_in_compiled = self.called_in_compiled, False
+        if start is None or self.static_reason is not None or self.stats.total != start or not called:
             return
         if plan is not None and not plan.dense and self.params is not None:
             self.stats.sparse += 1
@@ -215,6 +221,8 @@ class LayerPatch:
 
     def attend(self, args: tuple, kwargs: dict):
         """GNA output for this dispatch_attention_fn call, or None to let the original function answer it."""
+        if torch.compiler.is_compiling():
+            self.called_in_compiled = True  # a side effect torch.compile replays after the graph; see LayerStats
         plan = self.owner.plan
         if plan is None:
             return self._decline("no plan: the transformer's forward pre-hook did not run for this call")

@@ -24,10 +24,13 @@ output directory is created with the first file, so a run that fails before writ
   with: file, kind (video|image), model, model_id, model_class, transformer_class, family, random_weights,
   config, config_source, patch (summary text, per-layer plan, attention_calls {sparse, dense, fallback,
   compiled} of this prompt's run, ran_sparse; null for dense), prompt, prompt_index, seed (= --seed + prompt
-  index), height, width, frames, fps, steps, generation_kwargs (every setting the pipeline ran with: its
-  defaults, the model's and the user's values), prompt_truncation ([{tokenizer, tokenizer_class, tokens, limit,
-  dropped}], empty when the prompt fit), warnings, timings (total_s, step_s, mean_step_s, model_load_s),
-  peak_gpu_mem_bytes (null off CUDA), versions (python, na_accel, torch, diffusers, triton, transformers),
+  index), output_index and outputs_per_prompt (``--num-videos N``: N files ``...__v1`` to ``__vN`` per prompt, one
+  batch), height, width, frames, fps, steps, generation_kwargs (every setting the pipeline ran with: its
+  defaults, the model's and the user's values), offload, vae_tiling, cache (spec, the diffusers config that ran),
+  compile (backend, fullgraph, blocks), prompt_truncation ([{tokenizer, tokenizer_class, tokens, limit,
+  dropped}], empty when the prompt fit), warnings, timings (total_s, encode_s, step_s, mean_step_s, decode_s,
+  model_load_s; see :class:`na_accel.quality.run.RunResult`), peak_gpu_mem_bytes and phase_peak_gpu_mem_bytes
+  (encode, denoise, decode; null off CUDA), versions (python, na_accel, torch, diffusers, triton, transformers),
   device, dtype, context_parallel (null, or ulysses_degree, world_size,
   backend of a ``--ulysses N`` run), created, command. With ``--ulysses N`` (under ``torchrun --nproc-per-node N``)
   every rank generates, rank 0 alone prints and writes.
@@ -205,7 +208,8 @@ def _preflight(model: str | None, **values: Any) -> None:
     check_request(model, **values)
 
 
-def _load(model: str | None, device: str | None, dtype: str | None, quiet: bool = False) -> Any:
+def _load(model: str | None, device: str | None, dtype: str | None, quiet: bool = False,
+          offload: str | None = None) -> Any:  # fmt: skip
     from .generate import load_model
 
     _quiet_libraries()
@@ -218,9 +222,10 @@ def _load(model: str | None, device: str | None, dtype: str | None, quiet: bool 
             from transformers.utils import logging as tlog
 
             tlog.disable_progress_bar()
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = load_model(model, device=device, dtype=dtype, offload=offload)
     where = "built-in" if lm.source == "built-in" else f"loaded from a {lm.source}"
-    _info(f"model: {lm.label} ({where}, {lm.device}, {lm.dtype}, {lm.load_s:.1f} s)")
+    off = "" if lm.offload == "none" else f", {lm.offload} CPU offload"
+    _info(f"model: {lm.label} ({where}, {lm.device}{off}, {lm.dtype}, {lm.load_s:.1f} s)")
     return lm
 
 
@@ -255,31 +260,120 @@ def generate(
             "torchrun --nproc-per-node N. Rank 0 writes the outputs.",
         ),
     ] = None,
+    negative_prompt: Annotated[
+        str | None,
+        typer.Option("--negative-prompt", help="Negative prompt (HunyuanVideo/FLUX: with --true-cfg-scale > 1)."),
+    ] = None,
+    guidance_scale: Annotated[
+        float | None,
+        typer.Option("--guidance-scale", help="The pipeline's guidance_scale: CFG (Wan, Cosmos) or embedded guidance "
+                     "(HunyuanVideo, FLUX.1). Default: the model's."),
+    ] = None,
+    true_cfg_scale: Annotated[
+        float | None,
+        typer.Option("--true-cfg-scale", help="True classifier-free guidance with the negative prompt (HunyuanVideo, "
+                     "FLUX.1; > 1 turns it on)."),
+    ] = None,
+    num_videos: Annotated[
+        int | None, typer.Option("--num-videos", help="Outputs per prompt (one batch; files get __v<N>).")
+    ] = None,
+    fps: Annotated[
+        int | None, typer.Option("--fps", help="Frame rate of the MP4 files (and Cosmos' fps input). Default: the "
+                                 "model's.")
+    ] = None,
+    offload: Annotated[
+        str,
+        typer.Option("--offload", help="none | model (enable_model_cpu_offload) | sequential "
+                     "(enable_sequential_cpu_offload): weights in CPU memory, moved to the GPU when they run (CUDA)."),
+    ] = "none",
+    vae_tiling: Annotated[
+        bool, typer.Option("--vae-tiling", help="Decode in tiles (vae.enable_tiling): bounded VAE memory.")
+    ] = False,
+    cache: Annotated[
+        str | None,
+        typer.Option("--cache", help="A diffusers step cache stacked with the patch: fbc[:THRESHOLD] "
+                     "(FirstBlockCache), taylorseer[:INTERVAL], magcache[:THRESHOLD] (or NAME:key=value,...; "
+                     "HunyuanVideo, FLUX.1, Wan)."),
+    ] = None,
+    compile_: Annotated[
+        bool,
+        typer.Option("--compile", help="Regional torch.compile of the transformer blocks (compile_repeated_blocks)."),
+    ] = False,
+    compile_backend: Annotated[
+        str, typer.Option("--compile-backend", help="torch.compile backend for --compile.")
+    ] = "inductor",
 ) -> None:
     """Generate one output per prompt line: MP4 for video models, PNG for image models, plus a JSON sidecar."""
     from .parallel import ParallelSession
 
     with _handle_errors(), ParallelSession() as ranks:
         from .generate import read_prompts
+        from .runtime import parse_cache
 
         prompts = read_prompts(prompt_file)
         if dense and config is not None and config not in ("dense", "none"):
             _fail("--dense and --config are mutually exclusive")
         _preflight(model, height=height, width=width, frames=frames, steps=steps, seed=seed,
-                   n_prompts=len(prompts), device=device, dtype=dtype)  # fmt: skip
+                   n_prompts=len(prompts), device=device, dtype=dtype, offload=offload,
+                   guidance_scale=guidance_scale, true_cfg_scale=true_cfg_scale, num_videos=num_videos, fps=fps,
+                   cache=cache)  # fmt: skip
+        if ulysses is not None and offload != "none":
+            _fail(f"--offload {offload} and --ulysses cannot be combined: context parallelism keeps each rank's "
+                  "models on its GPU")  # fmt: skip
+        cache_spec = parse_cache(cache)
         _check_out(out)
         rc = _resolve_cfg(config, dense)  # before the model: an unknown preset or bad YAML fails fast
         device = ranks.start(ulysses, device)  # --ulysses N: join torchrun's process group; this rank's device
-        lm = _load(model, device, dtype, quiet)
+        lm = _load(model, device, dtype, quiet, offload=offload)
         ranks.enable(lm.pipe, echo=_info)
         rc = rc or _default_cfg(lm)
         from .generate import generation_kwargs
 
-        kw = generation_kwargs(lm, height, width, frames, steps)
+        kw = generation_kwargs(lm, height, width, frames, steps, negative_prompt=negative_prompt,
+                               guidance_scale=guidance_scale, true_cfg_scale=true_cfg_scale, num_videos=num_videos,
+                               fps=fps)  # fmt: skip
         _fits(lm, rc, kw)
         _check_media(lm)
-        _run_generate(lm, rc, prompts, kw, seed, out, progress=not quiet and ranks.is_main, write=ranks.is_main,
-                      parallel=ranks.describe())  # fmt: skip
+        with _runtime(lm, kw, vae_tiling, cache_spec, compile_backend if compile_ else None) as stack:
+            _run_generate(lm, rc, prompts, kw, seed, out, progress=not quiet and ranks.is_main,
+                          write=ranks.is_main, parallel=ranks.describe(), fps=fps or lm.fps,
+                          stack=stack)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _runtime(lm: Any, kw: dict, vae_tiling: bool, cache_spec: Any, compile_backend: str | None) -> Iterator[dict]:
+    """VAE tiling, a diffusers cache and regional compile on the loaded pipeline for the run (the cache is removed
+    afterwards); yields what the sidecars record about them (and about offloading)."""
+    from .runtime import compile_regions, disable_caches, enable_caches, enable_vae_tiling, raise_recompile_limit
+
+    if vae_tiling:
+        enable_vae_tiling(lm.pipe)
+    cached = enable_caches(lm.pipe, cache_spec, lm.family, kw.get("num_inference_steps"))
+    try:
+        compiled = None
+        if compile_backend is not None:
+            # a cache's block hooks and sequential offloading's per-module hooks break the graph (their own code)
+            fullgraph = cache_spec is None and lm.offload != "sequential"
+            blocks = compile_regions(lm.pipe, backend=compile_backend, fullgraph=fullgraph)
+            compiled = {"backend": compile_backend, "fullgraph": fullgraph, "blocks": len(blocks)}
+            if cache_spec is not None:  # the cache's per-block hooks: one set of graphs per block
+                compiled["recompile_limit"] = raise_recompile_limit(len(blocks))
+            _info(f"compile: {len(blocks)} blocks, backend {compile_backend}, fullgraph {fullgraph} "
+                  "(compiled on the first step)")  # fmt: skip
+        if cache_spec is not None:
+            _info(f"cache: {cache_spec.describe()} on {len(cached)} transformer(s)")
+        yield {
+            "offload": lm.offload,
+            "vae_tiling": vae_tiling,
+            "cache": None if cache_spec is None else {
+                "spec": cache_spec.text,
+                "config": repr(cached[0]._cache_config) if cached else None,  # the diffusers config that ran
+                "transformers": len(cached),
+            },
+            "compile": compiled,
+        }
+    finally:
+        disable_caches(cached)
 
 
 def _resolve_cfg(config: str | None, dense: bool) -> Any:
@@ -342,27 +436,23 @@ def _settings(kw: dict, frames: Any) -> dict[str, Any]:
 
 
 def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out: Path, progress: bool,
-                  write: bool = True, parallel: dict | None = None) -> None:  # fmt: skip
+                  write: bool = True, parallel: dict | None = None, fps: int | None = None,
+                  stack: dict | None = None) -> None:  # fmt: skip
     from ..quality.run import run_pipeline
     from . import media
     from .bench import plan_rows
-    from .generate import (
-        command_line,
-        device_description,
-        maybe_patched,
-        now_iso,
-        truncation_text,
-        versions,
-        watch_truncation,
-    )
+    from .generate import device_description, maybe_patched, truncation_text, versions, watch_truncation
 
     n = len(prompts)
     tag = f"__{lm.file_tag}" if lm.file_tag else ""
+    fps = fps or lm.fps
+    stack = stack or {"offload": lm.offload, "vae_tiling": False, "cache": None, "compile": None}
     vers = versions()
     dev = device_description(lm.device)
     steps = int(kw.get("num_inference_steps") or 0)
     shown: set[str] = set()
     n_dense_only = 0
+    n_files = 0
 
     def warn_once(msg: str) -> None:
         if msg not in shown:
@@ -398,54 +488,78 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
                     warn_once(warnings[-1])
             if not write:  # a non-zero rank of a --ulysses run: rank 0 writes
                 continue
-            stem = out / f"{i:03d}_{media.slugify(prompt)}__{name}{tag}"
-            path = media.write_media(stem, r.frames, fps=lm.fps)
-            f, _, h, w = r.frames.shape
-            sidecar = {
-                "file": path.name,
-                "kind": "video" if f > 1 else "image",
-                "model": lm.label,
-                "model_id": lm.model_id,
-                "model_class": type(lm.pipe).__name__,
-                "transformer_class": type(lm.pipe.transformer).__name__,
-                "family": lm.family,
-                "random_weights": lm.random_weights,
-                "config": rc.name,
-                "config_source": rc.source,
-                "patch": patch_info,
-                "prompt": prompt,
-                "prompt_index": i,
-                "seed": s,
-                "height": h,
-                "width": w,
-                "frames": f,
-                "fps": lm.fps if f > 1 else None,
-                "steps": kw.get("num_inference_steps"),
-                "generation_kwargs": _settings(kw, r.frames),
-                "prompt_truncation": cut,
-                "warnings": warnings,
-                "timings": {
-                    "total_s": r.total_s,
-                    "step_s": r.step_s,
-                    "mean_step_s": r.mean_step_s,
-                    "model_load_s": lm.load_s,
-                },
-                "peak_gpu_mem_bytes": r.peak_mem_bytes,
-                "versions": vers,
-                "device": dev,
-                "dtype": lm.dtype,
-                "context_parallel": parallel,
-                "created": now_iso(),
-                "command": command_line(),
-            }
-            media.write_json(path.with_suffix(".json"), sidecar)
-            _info(f"  -> {path} ({r.total_s:.2f} s)")
+            n_out = len(r.samples)
+            n_files += n_out
+            for j, frames in enumerate(r.samples):
+                suffix = f"__v{j + 1}" if n_out > 1 else ""
+                stem = out / f"{i:03d}_{media.slugify(prompt)}__{name}{tag}{suffix}"
+                path = media.write_media(stem, frames, fps=fps)
+                _write_sidecar(path, frames, lm, rc, prompt, i, s, kw, r, cut, warnings, patch_info, vers, dev,
+                               parallel, fps, stack, j, n_out)  # fmt: skip
+                _info(f"  -> {path} ({r.total_s:.2f} s)")
     if not write:
         return
     dense_note = f"; {n_dense_only} ran dense throughout (no sparse attention call)" if n_dense_only else ""
     typer.echo(
-        f"wrote {n} output(s) to {out}{dense_note}" + (" [tiny random-weight model]" if lm.random_weights else "")
+        f"wrote {n_files} output(s) to {out}{dense_note}"
+        + (" [tiny random-weight model]" if lm.random_weights else "")
     )
+
+
+def _write_sidecar(path: Path, frames: Any, lm: Any, rc: Any, prompt: str, i: int, s: int, kw: dict, r: Any,
+                   cut: list, warnings: list[str], patch_info: dict | None, vers: dict, dev: str,
+                   parallel: dict | None, fps: int, stack: dict, j: int, n_out: int) -> None:  # fmt: skip
+    from . import media
+    from .generate import command_line, now_iso
+
+    f, _, h, w = frames.shape
+    sidecar = {
+        "file": path.name,
+        "kind": "video" if f > 1 else "image",
+        "model": lm.label,
+        "model_id": lm.model_id,
+        "model_class": type(lm.pipe).__name__,
+        "transformer_class": type(lm.pipe.transformer).__name__,
+        "family": lm.family,
+        "random_weights": lm.random_weights,
+        "config": rc.name,
+        "config_source": rc.source,
+        "patch": patch_info,
+        "prompt": prompt,
+        "prompt_index": i,
+        "seed": s,
+        "output_index": j,
+        "outputs_per_prompt": n_out,
+        "height": h,
+        "width": w,
+        "frames": f,
+        "fps": fps if f > 1 else None,
+        "steps": kw.get("num_inference_steps"),
+        "generation_kwargs": _settings(kw, frames),
+        "offload": stack["offload"],
+        "vae_tiling": stack["vae_tiling"],
+        "cache": stack["cache"],
+        "compile": stack["compile"],
+        "prompt_truncation": cut,
+        "warnings": warnings,
+        "timings": {
+            "total_s": r.total_s,
+            "encode_s": r.encode_s,
+            "step_s": r.step_s,
+            "mean_step_s": r.mean_step_s,
+            "decode_s": r.decode_s,
+            "model_load_s": lm.load_s,
+        },
+        "peak_gpu_mem_bytes": r.peak_mem_bytes,
+        "phase_peak_gpu_mem_bytes": r.phase_peak_mem_bytes,
+        "versions": vers,
+        "device": dev,
+        "dtype": lm.dtype,
+        "context_parallel": parallel,
+        "created": now_iso(),
+        "command": command_line(),
+    }
+    media.write_json(path.with_suffix(".json"), sidecar)
 
 
 # ------------------------------------------------------------------------------------------------------------

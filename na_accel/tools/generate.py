@@ -10,6 +10,7 @@ import contextlib
 import datetime as _dt
 import importlib
 import json
+import math
 import os
 import platform
 import re
@@ -109,6 +110,9 @@ MAX_SIDE = 16384  # pixels, height and width
 MAX_FRAMES = 4097
 MAX_STEPS = 10000
 MAX_SEED = 2**64 - 1  # torch generators take 64-bit seeds
+MAX_VIDEOS = 64  # outputs per prompt (--num-videos)
+MAX_FPS = 240
+MAX_GUIDANCE = 100.0
 
 #: Every supported model (HunyuanVideo, FLUX, Cosmos, Wan) needs heights and widths that are multiples of 16 (VAE
 #: scale 8 x patch size 2, or more) and video frame counts of the form 4k+1 (Cosmos 1.0: 8k+1).
@@ -206,6 +210,7 @@ class LoadedModel:
     dtype: str = "float32"
     source: str = "built-in"  # built-in | local directory | hub
     default_config: str | None = None  # preset for this model when no --config is given (None: the family's)
+    offload: str = "none"  # none | model | sequential (see .runtime.apply_offload)
 
     @property
     def file_tag(self) -> str:
@@ -279,10 +284,17 @@ def check_request(
     n_prompts: int = 1,
     device: str | None = None,
     dtype: str | None = None,
+    offload: str | None = None,
+    guidance_scale: float | None = None,
+    true_cfg_scale: float | None = None,
+    num_videos: int | None = None,
+    fps: int | None = None,
+    cache: str | None = None,
 ) -> None:
     """Validate the command-line values that do not need the model, before it is loaded (or anything written):
     sizes (exactly for a built-in tiny model, else the rules every supported model shares), steps, seed, device,
-    dtype. Raises :class:`InputError`."""
+    dtype, offloading (needs CUDA), guidance scales, outputs per prompt, fps and the cache spec. Raises
+    :class:`InputError`."""
     rules, whose = preflight_rules(model)
     rules.check(height, width, frames, model=whose)
     if steps is not None and not 1 <= steps <= MAX_STEPS:
@@ -291,6 +303,17 @@ def check_request(
         check_seed(seed, n_prompts)
     dev = resolve_device(device)
     _resolve_dtype(dtype, dev)
+    from .runtime import check_offload, parse_cache
+
+    check_offload(offload, dev)
+    for name, v in (("--guidance-scale", guidance_scale), ("--true-cfg-scale", true_cfg_scale)):
+        if v is not None and not (math.isfinite(v) and 0 <= v <= MAX_GUIDANCE):
+            raise InputError(f"{name} {v} is out of range: it must be between 0 and {MAX_GUIDANCE:g}")
+    if num_videos is not None and not 1 <= num_videos <= MAX_VIDEOS:
+        raise InputError(f"--num-videos must be between 1 and {MAX_VIDEOS}, got {num_videos}")
+    if fps is not None and not 1 <= fps <= MAX_FPS:
+        raise InputError(f"--fps must be between 1 and {MAX_FPS}, got {fps}")
+    parse_cache(cache)
 
 
 def resolve_device(device: str | None) -> str:
@@ -394,20 +417,32 @@ def load_error_message(model: str, e: BaseException) -> str:
     return text
 
 
-def load_model(model: str | None = None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+def load_model(model: str | None = None, device: str | None = None, dtype: str | None = None,
+               offload: str | None = None) -> LoadedModel:  # fmt: skip
     """``None`` or ``"embedded"``: the embedded trained model (``na_accel.tiny.trained``, loaded from its shipped
     folder); ``"tiny"`` / ``"tiny:<family>"``: a built-in tiny random-weight pipeline; anything else:
     ``DiffusionPipeline.from_pretrained(model)`` (hub id or local directory). A saved tiny pipeline gets the tiny
     model's generation defaults and label; a folder with ``na_accel_generation.json`` (the embedded model's, or a
-    copy) gets the generation arguments saved there."""
+    copy) gets the generation arguments saved there. ``offload`` ("model" or "sequential", see
+    :func:`.runtime.apply_offload`) keeps the weights in CPU memory instead of moving the pipeline to ``device``."""
     import torch
 
+    from .runtime import apply_offload, check_offload
+
     dev = resolve_device(device)
+    offload = check_offload(offload, dev)
     t0 = time.perf_counter()
+
+    def place(pipe: Any) -> None:
+        if offload == "none":
+            pipe.to(dev)
+        else:
+            apply_offload(pipe, offload, dev)
+
     if model in EMBEDDED_SPECS:
         from ..tiny import trained
 
-        lm = load_model(str(trained.PIPELINE_DIR), device=device, dtype=dtype)
+        lm = load_model(str(trained.PIPELINE_DIR), device=device, dtype=dtype, offload=offload)
         lm.label, lm.model_id, lm.source = trained.TRAINED_LABEL, model, "built-in"
         lm.default_config = trained.TRAINED_PRESET
         lm.load_s = time.perf_counter() - t0
@@ -418,7 +453,7 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
         family = _tiny_spec_family(model)
         tdtype = _resolve_dtype(dtype, "cpu") if dtype not in (None, "", "auto") else torch.float32
         pipe = tiny.tiny_pipeline(family=family, seed=0, dtype=tdtype)
-        pipe.to(dev)
+        place(pipe)
         defaults = dict(tiny.default_generation_kwargs(family))
         adapter = adapter_of(pipe)
         return LoadedModel(
@@ -434,6 +469,7 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
             device=dev,
             dtype=str(tdtype).replace("torch.", ""),
             source="built-in",
+            offload=offload,
         )
     from diffusers import DiffusionPipeline
 
@@ -455,7 +491,7 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
     except Exception as e:  # noqa: BLE001 - anything from the hub or the loader is reported on one line
         raise InputError(load_error_message(model, e)) from None
     adapter = adapter_of(pipe)
-    pipe.to(dev)
+    place(pipe)
     from ..tiny import FAMILIES, default_generation_kwargs, tiny_family
 
     tiny_attr = tiny_family(pipe)
@@ -479,6 +515,7 @@ def load_model(model: str | None = None, device: str | None = None, dtype: str |
         device=dev,
         dtype=str(tdtype).replace("torch.", ""),
         source="local directory" if p.exists() else "hub",
+        offload=offload,
     )
 
 
@@ -511,17 +548,52 @@ def pipeline_defaults(pipe: Any) -> dict[str, Any]:
     return out
 
 
+def _call_parameters(pipe: Any) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(type(pipe).__call__).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+#: Pipeline arguments for the number of outputs per prompt, in the order they are looked for.
+_NUM_OUTPUTS_ARGS = ("num_videos_per_prompt", "num_images_per_prompt")
+
+
 def generation_kwargs(
     lm: LoadedModel,
     height: int | None = None,
     width: int | None = None,
     frames: int | None = None,
     steps: int | None = None,
+    *,
+    negative_prompt: str | None = None,
+    guidance_scale: float | None = None,
+    true_cfg_scale: float | None = None,
+    num_videos: int | None = None,
+    fps: int | None = None,
 ) -> dict[str, Any]:
     """The settings a generation runs with: the pipeline's own defaults, the model's defaults (tiny models) and the
-    user's values on top, validated against the model's shape rules."""
+    user's values on top, validated against the model's shape rules and its ``__call__`` signature.
+
+    ``guidance_scale`` is the pipeline's own argument: classifier-free guidance for Wan and Cosmos, the embedded
+    (distilled) guidance of HunyuanVideo and FLUX.1, which run true classifier-free guidance with a negative prompt
+    only when ``true_cfg_scale`` > 1. ``num_videos`` sets ``num_videos_per_prompt`` / ``num_images_per_prompt``;
+    ``fps`` is passed to a pipeline that takes it (Cosmos conditions on it); every model's output files use it.
+    Raises :class:`InputError` for an option the pipeline does not take, and for a negative prompt it would ignore."""
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise InputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}")
+    params = _call_parameters(lm.pipe)
+    pipe_name = type(lm.pipe).__name__
+    for flag, arg, value in (("--negative-prompt", "negative_prompt", negative_prompt),
+                             ("--guidance-scale", "guidance_scale", guidance_scale),
+                             ("--true-cfg-scale", "true_cfg_scale", true_cfg_scale)):  # fmt: skip
+        if value is not None and params and arg not in params:
+            hint = " (its --guidance-scale is classifier-free guidance already)" if arg == "true_cfg_scale" else ""
+            raise InputError(f"{flag}: {pipe_name} takes no {arg}{hint}; omit {flag}")
+    if num_videos is not None and num_videos > 1 and params and not any(a in params for a in _NUM_OUTPUTS_ARGS):
+        raise InputError(f"--num-videos: {pipe_name} makes one output per prompt (no {' / '.join(_NUM_OUTPUTS_ARGS)})")
     lm.rules.check(height, width, frames, model=lm.label)
     kw = pipeline_defaults(lm.pipe)
     kw.update(lm.default_kwargs)
@@ -535,6 +607,23 @@ def generation_kwargs(
         kw["num_frames"] = frames
     if not lm.rules.is_video:
         kw.pop("num_frames", None)
+    if negative_prompt is not None:
+        kw["negative_prompt"] = negative_prompt
+    if guidance_scale is not None:
+        kw["guidance_scale"] = guidance_scale
+    if true_cfg_scale is not None:
+        kw["true_cfg_scale"] = true_cfg_scale
+    if num_videos is not None:
+        arg = next((a for a in _NUM_OUTPUTS_ARGS if a in params), _NUM_OUTPUTS_ARGS[0])
+        kw[arg] = num_videos
+    if fps is not None and "fps" in params:
+        kw["fps"] = fps
+    if negative_prompt is not None and "true_cfg_scale" in params and float(kw.get("true_cfg_scale", 1.0)) <= 1:
+        raise InputError(
+            f"--negative-prompt would be ignored: {pipe_name} uses a negative prompt only for true classifier-free "
+            f"guidance, with --true-cfg-scale > 1 (it is {kw.get('true_cfg_scale', 1.0):g}); pass e.g. "
+            "--true-cfg-scale 6"
+        )
     # re-check the merged values (a user height with the model's default width, ...)
     lm.rules.check(
         kw.get("height"), kw.get("width"), kw.get("num_frames") if lm.rules.is_video else None, model=lm.label
