@@ -16,7 +16,8 @@ Steps (:func:`tune`):
    target (the middle plan first, then the plan where the PSNR interpolated linearly in log speedup between the
    passing and the failing plan meets the target; at most ``max_validations`` rounds). ``target_speedup``: the plan
    with the highest threshold whose attention-FLOP speedup over the whole generation reaches the target (validated
-   once). Both: the cheapest plan reaching the PSNR among those reaching the speedup. A budget no plan meets raises :class:`~na_accel.errors.InputError` (received, allowed, what to do).
+   once). Both: the cheapest plan reaching the PSNR among those reaching the speedup. A budget no plan meets raises
+   :class:`~na_accel.errors.InputError` (received, allowed, what to do).
 4. **Hold out.** The last ``holdout`` prompts are never profiled nor used in the search; their quality with the
    chosen config is reported.
 
