@@ -26,12 +26,9 @@ import torch
 
 __all__ = ["Choice", "choose", "choose_per_head", "choose_ranges", "threshold_grid"]
 
-#: Thresholds the tuner tries: coarse where kept mass is rarely that low, fine near 1.
-DEFAULT_THRESHOLDS = (
-    [0.0, 0.1, 0.2, 0.3, 0.4]
-    + [round(0.45 + 0.01 * i, 3) for i in range(50)]
-    + [0.955, 0.96, 0.965, 0.97, 0.975, 0.98, 0.985, 0.99, 0.995, 0.998, 0.999]
-)
+#: Thresholds the tuner tries: coarse where kept mass is rarely that low, then every 0.0025 up to 0.9975, and 0.999
+#: (fine steps give plans close to any FLOP budget).
+DEFAULT_THRESHOLDS = [0.0, 0.1, 0.2, 0.3] + [round(0.4 + 0.0025 * i, 4) for i in range(240)] + [0.999]
 
 
 def threshold_grid() -> list[float]:
@@ -136,8 +133,13 @@ def choose(kept: torch.Tensor, density: torch.Tensor, flops: torch.Tensor | None
         dense_steps: use exactly this many dense steps instead of the cheapest number.
     """
     kept, density, flops = _prepare(kept, density, flops)
-    n_layers, n_steps, _ = kept.shape
-    smin, smean, scnt = _suffix_stats(kept)  # [L, S+1, C]
+    return _choose(kept.shape, _suffix_stats(kept), density, flops, threshold, max_dense_steps, dense_steps)
+
+
+def _choose(shape: tuple[int, ...], stats: tuple[torch.Tensor, ...], density: torch.Tensor, flops: torch.Tensor,
+            threshold: float, max_dense_steps: int | None, dense_steps: int | None) -> Choice:  # fmt: skip
+    n_layers, n_steps, _ = shape
+    smin, smean, _ = stats  # [L, S+1, C]
     idx, dens, mn, mean = _pick(smin, smean, density, threshold)  # [L, S+1]
     starts = torch.arange(n_steps + 1, dtype=torch.float64)
     total_flops = flops.sum() * n_steps
@@ -212,10 +214,13 @@ def choose_per_head(kept_heads: torch.Tensor, density: torch.Tensor, flops: torc
 
 def sweep(kept: torch.Tensor, density: torch.Tensor, flops: torch.Tensor | None,
           thresholds: Sequence[float] | None = None, **kwargs: Any) -> list[Choice]:  # fmt: skip
-    """:func:`choose` for every threshold (default :func:`threshold_grid`), distinct plans only (the one with the
-    highest threshold kept), ordered from the most expensive to the cheapest."""
+    """:func:`choose` for every threshold (default :func:`threshold_grid`; ``kwargs``: ``max_dense_steps``,
+    ``dense_steps``), distinct plans only (the one with the highest threshold kept), ordered from the most expensive
+    to the cheapest."""
+    kept, density, flops = _prepare(kept, density, flops)
+    stats = _suffix_stats(kept)
     out: dict[tuple, Choice] = {}
     for tau in sorted(thresholds if thresholds is not None else threshold_grid()):
-        c = choose(kept, density, flops, tau, **kwargs)
+        c = _choose(kept.shape, stats, density, flops, tau, kwargs.get("max_dense_steps"), kwargs.get("dense_steps"))
         out[c.key] = c  # ascending thresholds: a later (higher) threshold with the same plan replaces it
     return sorted(out.values(), key=lambda c: (-c.cost, -c.predicted_kept))

@@ -567,12 +567,13 @@ def tune(
     holdout: int = 1,
     scenes: Sequence[Any] | None = None,
     adherence: bool | None = None,
-    queries: int | None = 128,
+    queries: int | None = 64,
     sample_tile: Sequence[int] | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     strides: Sequence[str] = STRIDE_KINDS,
     thresholds: Sequence[float] | None = None,
     max_validations: int = 6,
+    dense_steps: int | None = None,
     batch_size: int = 4,
     progress: bool = True,
     model_label: str | None = None,
@@ -596,6 +597,8 @@ def tune(
         fractions, strides: the ladder (:class:`.ladder.Ladder`); thresholds: the thresholds tried
             (:func:`.choose.threshold_grid`).
         max_validations: most fit-prompt validations of the PSNR search (over the plans, ordered by FLOPs).
+        dense_steps: run exactly this many first steps dense (default: the number the chooser finds cheapest, which
+            only counts locality; early steps can matter more than their locality says, bench/NOTES.md).
         batch_size: prompts per pipeline call.
         progress: show a progress bar (denoising steps of every clip generated).
         **gen_kwargs: pipeline call arguments (height, width, num_frames, num_inference_steps, guidance, ...).
@@ -616,11 +619,15 @@ def tune(
         raise InputError(f"scenes must have one entry per prompt ({len(prompts)}), got {len(scenes)}")
     if max_validations < 1 or batch_size < 1:
         raise InputError(f"max_validations and batch_size must be >= 1, got {max_validations} and {batch_size}")
+    steps = _steps(pipe, gen_kwargs)
+    if dense_steps is not None and (isinstance(dense_steps, bool) or not isinstance(dense_steps, int)
+                                    or not 0 <= dense_steps < steps):  # fmt: skip
+        raise InputError(f"dense_steps {dense_steps!r} is out of range: allowed an int from 0 to {steps - 1} (at "
+                         f"least one of the {steps} steps must run sparse)")  # fmt: skip
     if is_patched(pipe):
         raise NAAccelError("tune() needs an unpatched pipeline (call na_accel.unpatch(pipe) first)")
     transformer = getattr(pipe, "transformer", None)
     adapter = adapter_for(transformer if transformer is not None else pipe)
-    steps = _steps(pipe, gen_kwargs)
     kw = dict(gen_kwargs)
     kw.setdefault("num_inference_steps", steps)
     grid = _grid_for(pipe, adapter, kw)
@@ -656,7 +663,8 @@ def tune(
 
         # 2. plans for every threshold
         kept = table.head_mean()
-        plans = [p for p in sweep(kept, ladder.densities, table.flops, thresholds) if not p.is_dense]
+        plans = [p for p in sweep(kept, ladder.densities, table.flops, thresholds, dense_steps=dense_steps)
+                 if not p.is_dense]  # fmt: skip
         if not plans:
             raise InputError("no threshold gives a sparse plan: every layer's attention keeps too little mass in "
                              "every window of the ladder. Try a finer ladder (fractions) or more steps.")  # fmt: skip
@@ -763,7 +771,7 @@ def tune(
     head_curve = _head_tradeoff(table, chosen.dense_steps, thresholds)
     fit_summary = chosen_entry["fit"]
     hold_summary = summarize_scores(hold_rows) if hold_rows else None
-    dense_clip_s = dense_fit.seconds / max(1, n_fit)
+    dense_clip_s = (dense_fit.seconds - table.probe_seconds) / max(1, n_fit)  # the probe's time left out
     tuned_clip_s = chosen_entry["seconds"] / max(1, n_fit)
     env = {"device": device_description(pipe), "versions": versions(),
            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -1020,7 +1028,7 @@ def _head_tradeoff(table: LocalityTable, dense_steps: int, thresholds: Sequence[
 
     layer_pts, head_pts = [], []
     density = table.ladder.densities
-    for tau in thresholds if thresholds is not None else threshold_grid():
+    for tau in (thresholds if thresholds is not None else threshold_grid())[::4]:
         c = choose(table.head_mean(), density, table.flops, tau, dense_steps=dense_steps)
         if not c.is_dense:
             layer_pts.append((c.speedup, c.predicted_kept))

@@ -146,11 +146,11 @@ def plot(r: dict[str, Any], table: Any, path: str | Path) -> None:
     ax = axes[1]
     density = table.ladder.densities
     start = chosen["dense_steps"]
-    order = torch.argsort(density, descending=True)
+    order = torch.argsort(density)  # the cheapest window first
     for li, name in enumerate(layers):
         mean = hm[li, start:].nanmean(0) if start < len(steps) else hm[li].nanmean(0)
         best, xs, ys = -1.0, [], []
-        for c in order.tolist():  # increasing speedup: the best kept mass at this speedup or lower
+        for c in order.tolist():  # decreasing speedup: the best kept mass of a window at least this cheap
             best = max(best, float(mean[c]))
             xs.append(1.0 / float(density[c]))
             ys.append(best)
@@ -159,8 +159,8 @@ def plot(r: dict[str, Any], table: Any, path: str | Path) -> None:
             ax.plot([1.0 / float(density[picks[li]])], [float(mean[picks[li]])], "o", color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_xlabel("attention-FLOP speedup of the window (1 / density)")
-    ax.set_ylabel("best kept mass (mean over sparse steps)")
-    ax.set_title("per-layer ladders (dots: chosen)", fontsize=9)
+    ax.set_ylabel("best kept mass of a window at least this cheap")
+    ax.set_title("per-layer ladders, mean over the sparse steps (dots: chosen)", fontsize=9)
     ax.grid(alpha=0.3)
     if len(layers) <= 12:
         ax.legend(fontsize=6)

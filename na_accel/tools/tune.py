@@ -70,10 +70,17 @@ def register(app: typer.Typer, *, handle_errors: Callable, fail: Callable, info:
         holdout: Annotated[int, typer.Option("--holdout", help="Prompts held out of the fit (the last ones).")] = 1,
         queries: Annotated[
             int, typer.Option("--queries", help="Grid queries sampled per attention call when profiling.")
-        ] = 128,
+        ] = 64,
         max_validations: Annotated[
             int, typer.Option("--max-validations", help="Most validation rounds of the --target-psnr search.")
         ] = 6,
+        dense_steps: Annotated[
+            int | None,
+            typer.Option(
+                "--dense-steps",
+                help="Run this many first steps dense (default: the cheapest number for the measured locality).",
+            ),  # fmt: skip
+        ] = None,
         batch: Annotated[int, typer.Option("--batch", help="Prompts per pipeline call.")] = 4,
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report files.")] = True,
         device: Annotated[
@@ -110,12 +117,13 @@ def register(app: typer.Typer, *, handle_errors: Callable, fail: Callable, info:
                       n_prompts=len(prompts), device=device, dtype=dtype)  # fmt: skip
             lm = load(model, device, dtype, quiet)
             _run(lm, prompts, height, width, frames, steps, seed, target_psnr, target_speedup, out, holdout, queries,
-                 max_validations, batch, report, quiet, info)  # fmt: skip
+                 max_validations, dense_steps, batch, report, quiet, info)  # fmt: skip
 
 
 def _run(lm: Any, prompts: list[str], height: int | None, width: int | None, frames: int | None, steps: int | None,
          seed: int, target_psnr: float | None, target_speedup: float | None, out: Path, holdout: int, queries: int,
-         max_validations: int, batch: int, report: bool, quiet: bool, info: Callable) -> None:  # fmt: skip
+         max_validations: int, dense_steps: int | None, batch: int, report: bool, quiet: bool,
+         info: Callable) -> None:  # fmt: skip
     from ..quality.ladder import Ladder
     from ..quality.tune import check_speedup_reachable, tune
     from .generate import generation_kwargs, token_grid
@@ -128,7 +136,8 @@ def _run(lm: Any, prompts: list[str], height: int | None, width: int | None, fra
     n_fit = len(prompts) - holdout
     info(f"tuning on {n_fit} prompt(s), {holdout} held out; token grid {grid}, {n_steps} steps")
     result = tune(lm.pipe, prompts, target_psnr=target_psnr, target_speedup=target_speedup, seed=seed,
-                  holdout=holdout, queries=queries, max_validations=max_validations, batch_size=batch,
+                  holdout=holdout, queries=queries, max_validations=max_validations, dense_steps=dense_steps,
+                  batch_size=batch,
                   progress=not quiet, model_label=lm.label, **kw)  # fmt: skip
     files = result.save(out, report=report)
     r = result.report
