@@ -254,6 +254,7 @@ def test_cli_tune_end_to_end_tiny_and_round_trip(tmp_path):
     assert names == ["tuned.report.json", "tuned.report.md", "tuned.report.png", "tuned.yaml"]
     report = json.loads((out.parent / "tuned.report.json").read_text())
     assert report["fit"]["psnr"] >= 20 and report["held_out"]["clips"] == 1
+    assert set(report["locality"]["kept_chosen"]) == {k for k, v in report["chosen"]["windows"].items() if v}
     assert report["validations"] and all(v["attention_calls"]["sparse"] > 0 for v in report["validations"])
     cfg = load_config(str(out))
     assert cfg.model == "HunyuanVideoTransformer3DModel" and cfg.measured.startswith("na-accel tune")

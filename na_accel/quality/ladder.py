@@ -284,15 +284,26 @@ class LocalityTable:
         """``[L, S, C]``: the mean over heads (the kept mass of the layer's attention as a whole)."""
         return self.kept.nanmean(dim=-1)
 
-    def to_dict(self, digits: int = 4) -> dict[str, Any]:
-        """JSON-ready: layers, steps, candidates (kernel, stride, density) and the head-mean table rounded to
-        ``digits`` (NaN as None)."""
+    def to_dict(self, windows: dict[str, int | None] | None = None, digits: int = 4) -> dict[str, Any]:
+        """JSON-ready and compact (a real model has millions of (layer, step, window, head) values): layers, steps,
+        candidates (kernel, stride, density), ``kept_mean_over_steps`` (``[layer][candidate]``, head mean) and, for
+        ``windows`` (layer -> candidate index), ``kept_chosen`` (``[step][head]`` per layer). Rounded to ``digits``,
+        NaN as None. The whole table is :attr:`kept`."""
+
+        def r(v: float) -> float | None:
+            return None if math.isnan(v) else round(v, digits)
+
         hm = self.head_mean()
-        table = [[[None if math.isnan(v) else round(v, digits) for v in row] for row in layer.tolist()]
-                 for layer in hm]  # fmt: skip
+        mean = hm.nanmean(dim=1)  # [L, C]
+        chosen = {}
+        for li, name in enumerate(self.layers):
+            c = (windows or {}).get(name)
+            if c is not None:
+                chosen[name] = [[r(v) for v in row] for row in self.kept[li, :, c].tolist()]
         return {"layers": self.layers, "steps": self.steps, "heads": self.heads, "flops": self.flops.tolist(),
                 "layout": {"grid": list(self.layout.grid), "num_text": self.layout.num_text},
-                "candidates": [c.to_dict() for c in self.ladder.candidates], "kept_head_mean": table,
+                "candidates": [c.to_dict() for c in self.ladder.candidates],
+                "kept_mean_over_steps": [[r(v) for v in row] for row in mean.tolist()], "kept_chosen": chosen,
                 "calls": self.calls, "queries": self.queries}  # fmt: skip
 
 

@@ -863,7 +863,7 @@ def tune(
             "tradeoff": head_curve,
         },  # fmt: skip
         "config": cfg_dict,
-        "locality": table.to_dict(),
+        "locality": table.to_dict(dict(zip(table.layers, chosen.layers, strict=True))),
     }
     report["heads"]["verdict"] = _head_verdict(report["heads"])
     report["step_ranges"]["verdict"] = _range_verdict(report["step_ranges"])

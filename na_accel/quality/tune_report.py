@@ -132,7 +132,9 @@ def plot(r: dict[str, Any], table: Any, path: str | Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(18, max(4.0, 0.35 * len(layers) + 2)))
     ax = axes[0]
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    im = ax.imshow(heat.numpy(), aspect="auto", vmin=0, vmax=1, cmap=cmap, interpolation="nearest")
+    seen = heat[~heat.isnan()]
+    low = math.floor(float(seen.min()) * 20) / 20 if seen.numel() else 0.0  # the colour scale from 0.05 below the min
+    im = ax.imshow(heat.numpy(), aspect="auto", vmin=low, vmax=1, cmap=cmap, interpolation="nearest")
     ax.axvline(chosen["dense_steps"] - 0.5, color="red", linewidth=2, label=f"{chosen['dense_steps']} dense steps")
     ax.set_yticks(range(len(layers)))
     ax.set_yticklabels([f"{n} ({chosen['windows'][n] or 'dense'})" for n in layers], fontsize=7)
