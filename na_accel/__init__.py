@@ -12,8 +12,8 @@ Layers, each importing only the ones below it:
 Public API: the attention functions (``na1d``, ``na2d``, ``na3d``, ``na_flat``, ``na_joint``), patching
 (``patch``, ``unpatch``, ``patched``, ``is_patched``, ``PatchHandle``), context parallelism
 (``context_parallel_plan``, ``enable_context_parallel``), configs (``load_config``, ``list_presets``,
-``NAConfig``) and the errors. Names are imported on first use, so ``import na_accel`` (and ``na-accel --help``)
-does not pay for torch.
+``NAConfig``), tuning (``tune``, ``TuneResult``: per-layer windows from measured attention) and the errors.
+Names are imported on first use, so ``import na_accel`` (and ``na-accel --help``) does not pay for torch.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ _LAZY = {
     "NAConfig": "patching.config",
     "list_presets": "patching.config",
     "load_config": "patching.config",
+    "TuneResult": "quality.tune",
+    "tune": "quality.tune",
 }
 
 __all__ = [
@@ -81,3 +83,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .patching.api import PatchHandle, is_patched, patch, patched, unpatch  # noqa: F401
     from .patching.config import NAConfig, list_presets, load_config  # noqa: F401
     from .patching.parallel import context_parallel_plan, enable_context_parallel  # noqa: F401
+    from .quality.tune import TuneResult, tune  # noqa: F401

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from .dispatch import Backend, Problem
@@ -61,6 +63,9 @@ class DenseSDPABackend(Backend):
 #: Largest query x key count the masked backend builds a boolean mask for (64 MiB of mask; larger problems go on to
 #: the reference backend, which never holds an N x N tensor).
 MASKED_SDPA_MAX_PAIRS = 64 * 2**20
+#: Bytes of additive masks :class:`MaskedSDPABackend` keeps (least recently used dropped first): every (window,
+#: text lengths) of a generation, e.g. six per-layer windows x cond / uncond text lengths of a tuned config.
+MASKED_SDPA_CACHE_BYTES = 2**30
 
 
 class MaskedSDPABackend(Backend):
@@ -77,7 +82,7 @@ class MaskedSDPABackend(Backend):
     name = "masked_sdpa"
 
     def __init__(self) -> None:
-        self._masks: dict[tuple, torch.Tensor] = {}
+        self._masks: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def unavailable_reason(self, problem: Problem) -> str | None:
         if problem.lse is not None or problem.text_lse is not None:
@@ -102,7 +107,9 @@ class MaskedSDPABackend(Backend):
     def _mask(self, problem: Problem, dtype: torch.dtype) -> torch.Tensor:
         """Additive mask ``[B or 1, 1, N + Tq, N + T]`` (0 attended, -inf not): grid queries see their window and
         the valid extra keys, text queries every valid key. Built once per shape, text lengths and dtype (SDPA
-        would otherwise turn a boolean mask into an additive one on every call)."""
+        would otherwise turn a boolean mask into an additive one on every call), kept up to
+        :data:`MASKED_SDPA_CACHE_BYTES` (a generation with per-layer windows uses one per window and text lengths;
+        rebuilding one costs more than the attention call)."""
         from .reference import _key_valid
         from .semantics import grid_mask
 
@@ -113,7 +120,9 @@ class MaskedSDPABackend(Backend):
         lengths = None if p.extra_lengths is None or not t else tuple(int(x) for x in p.extra_lengths.tolist())
         key = (p.params, t, tq, lengths, dtype, p.query.device)
         mask = self._masks.get(key)
-        if mask is None:
+        if mask is not None:
+            self._masks.move_to_end(key)
+        else:
             dev = p.query.device
             allowed = torch.ones(n + tq, n + t, dtype=torch.bool, device=dev)
             allowed[:n, :n] = grid_mask(p.params, torch.arange(n, device=dev))
@@ -122,9 +131,11 @@ class MaskedSDPABackend(Backend):
             if valid is not None:
                 allowed = allowed & valid
             mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, float("-inf"))
-            if len(self._masks) >= 8:  # a few shapes per generation; keep memory bounded
-                self._masks.clear()
             self._masks[key] = mask
+            total = sum(m.numel() * m.element_size() for m in self._masks.values())
+            while total > MASKED_SDPA_CACHE_BYTES and len(self._masks) > 1:  # keep memory bounded
+                _, old = self._masks.popitem(last=False)
+                total -= old.numel() * old.element_size()
         return mask
 
     def forward(self, problem: Problem) -> None:

@@ -16,7 +16,8 @@ How a patched denoising step flows (diffusers 0.42.1):
 3. When a probe is set (:attr:`TransformerPatch.probe`, through :meth:`.api.PatchHandle.set_probe`), every eager
    GNA call outside context parallelism also hands its query, key, layout and window to the probe
    (:class:`.plan.ProbeCall`), e.g. to measure how much softmax mass the window keeps
-   (:mod:`na_accel.quality.locality`).
+   (:mod:`na_accel.quality.locality`); a probe with ``observe_dense`` also gets the planned dense calls, e.g. to
+   measure a whole ladder of windows during a dense generation (:mod:`na_accel.quality.ladder`).
 
 The transformer hooks are PyTorch forward hooks, not diffusers' ``HookRegistry`` hooks: those wrap ``forward``, and
 accelerate's offload hooks (which diffusers removes and re-installs after every call of a model-offloaded

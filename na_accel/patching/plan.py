@@ -92,18 +92,19 @@ class ForwardPlan:
 
 @dataclass(frozen=True)
 class ProbeCall:
-    """What an attention probe sees of one sparse (GNA) attention call; see :class:`AttentionProbe`.
+    """What an attention probe sees of one attention call; see :class:`AttentionProbe`.
 
-    ``query`` and ``key`` are the tensors the GNA call received (``[B, S, heads, D]``, after QK-norm and RoPE, the
+    ``query`` and ``key`` are the tensors the call received (``[B, S, heads, D]``, after QK-norm and RoPE, the
     text tokens at ``layout.text_slice``); ``text_lengths`` is the int ``[B]`` count of valid text tokens (None: all
-    valid); ``scale`` is the softmax scale as passed (None: ``D ** -0.5``). The tensors must not be modified.
+    valid); ``scale`` is the softmax scale as passed (None: ``D ** -0.5``). ``params`` is the GNA window of a sparse
+    call, None for a dense call (reported only to probes with ``observe_dense``). The tensors must not be modified.
     """
 
     transformer: str  # the patched transformer's label ("transformer", "transformer_2")
     layer: str  # module name of the attention layer
     step: int | None  # denoising step of the current generation (None when unknown)
     layout: Layout
-    params: GNAParams
+    params: GNAParams | None
     query: torch.Tensor
     key: torch.Tensor
     text_lengths: torch.Tensor | None
@@ -115,9 +116,12 @@ class AttentionProbe(Protocol):
     :meth:`na_accel.patching.api.PatchHandle.set_probe` (stored as :attr:`.hooks.TransformerPatch.probe`).
 
     :meth:`LayerPatch.attend` calls it once per eager GNA call (after the GNA output is computed, outside
-    ``torch.compile`` and not under context parallelism) with a :class:`ProbeCall`; dense steps, dense layers and
-    fallbacks are not reported. With no probe set (the default) nothing is built or called. A probe must not change
-    its arguments or any global state the model reads (e.g. the global RNG), so outputs stay bit-identical.
+    ``torch.compile`` and not under context parallelism) with a :class:`ProbeCall`. A probe whose attribute
+    ``observe_dense`` is True also gets the planned dense calls of a recognised forward (dense steps, windows that
+    cover the grid; ``params`` None), before the original attention answers them, when their arguments are ones GNA
+    could answer; layers dense by rule, unrecognised forwards and fallbacks are never reported. With no probe set (the
+    default) nothing is built or called. A probe must not change its arguments or any global state the model reads
+    (e.g. the global RNG), so outputs stay bit-identical.
     """
 
     def __call__(self, call: ProbeCall) -> None: ...
@@ -227,6 +231,9 @@ class LayerPatch:
         if plan is None:
             return self._decline("no plan: the transformer's forward pre-hook did not run for this call")
         if plan.dense or self.params is None:
+            probe = self.owner.probe
+            if probe is not None and getattr(probe, "observe_dense", False) and plan.layout is not None:
+                self._probe_dense(probe, plan, args, kwargs)
             return self._dense()
         try:
             q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs, parallel_config = bind_dispatch(
@@ -234,23 +241,9 @@ class LayerPatch:
             )
         except TypeError as exc:
             return self._decline(f"unexpected dispatch_attention_fn arguments ({exc})")
-        if dropout_p:
-            return self._decline(f"dropout_p={dropout_p}")
-        if is_causal:
-            return self._decline("is_causal=True")
-        if enable_gqa:
-            return self._decline("enable_gqa=True")
-        if attention_kwargs:
-            return self._decline(f"attention_kwargs {sorted(attention_kwargs)}")
-        if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
-            return self._decline("query/key/value are not tensors")
-        if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-            return self._decline(
-                f"query/key/value shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)} differ or are not "
-                "[B, S, heads, D]"
-            )
-        if not q.is_floating_point() or q.dtype != k.dtype or q.dtype != v.dtype:
-            return self._decline(f"dtypes {q.dtype}, {k.dtype}, {v.dtype}")
+        why = self._unsupported(q, k, v, dropout_p, is_causal, enable_gqa, attention_kwargs)
+        if why is not None:
+            return self._decline(why)
         if parallel_config is not None:  # diffusers' context parallelism: GNA inside its Ulysses attention, or decline
             return attend_context_parallel(self, q, k, v, mask, scale, parallel_config)
         layout = plan.layout
@@ -278,6 +271,50 @@ class LayerPatch:
             if probe is not None:
                 probe(ProbeCall(self.owner.label, self.name, plan.step, layout, p, q, k, lengths, scale))
         return out
+
+    @staticmethod
+    def _unsupported(q, k, v, dropout_p, is_causal, enable_gqa, attention_kwargs) -> str | None:
+        """Why GNA cannot answer a call with these arguments (None when it can, shapes and dtypes permitting)."""
+        if dropout_p:
+            return f"dropout_p={dropout_p}"
+        if is_causal:
+            return "is_causal=True"
+        if enable_gqa:
+            return "enable_gqa=True"
+        if attention_kwargs:
+            return f"attention_kwargs {sorted(attention_kwargs)}"
+        if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+            return "query/key/value are not tensors"
+        if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+            return (f"query/key/value shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)} differ or are not "
+                    "[B, S, heads, D]")  # fmt: skip
+        if not q.is_floating_point() or q.dtype != k.dtype or q.dtype != v.dtype:
+            return f"dtypes {q.dtype}, {k.dtype}, {v.dtype}"
+        return None
+
+    def _probe_dense(self, probe: AttentionProbe, plan: ForwardPlan, args: tuple, kwargs: dict) -> None:
+        """Hand a planned dense call to a probe that observes dense calls (see :class:`AttentionProbe`), when GNA
+        could have answered it: eager, no context parallelism, arguments and sequence as a sparse call needs."""
+        if torch.compiler.is_compiling():
+            return
+        try:
+            q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs, parallel_config = bind_dispatch(
+                *args, **kwargs
+            )
+        except TypeError:
+            return
+        if parallel_config is not None or self._unsupported(q, k, v, dropout_p, is_causal, enable_gqa,
+                                                            attention_kwargs) is not None:  # fmt: skip
+            return
+        layout = plan.layout
+        if q.shape[1] != layout.seq_len:
+            return
+        lengths = None
+        if mask is not None:
+            lengths = self._text_lengths(mask, plan, q)
+            if isinstance(lengths, str):
+                return
+        probe(ProbeCall(self.owner.label, self.name, plan.step, layout, None, q, k, lengths, scale))
 
     @staticmethod
     def _text_lengths(mask, plan: ForwardPlan, q: torch.Tensor):

@@ -1,4 +1,4 @@
-"""``na-accel`` command line: generate, ab, check, bench, presets.
+"""``na-accel`` command line: generate, ab, check, bench, presets, tune (:mod:`.tune`).
 
 Without ``--model`` every command uses the embedded trained model (``na_accel.tiny.trained``: a small
 HunyuanVideo pipeline trained on procedural clips of coloured shapes, 33 x 128 x 128, about 15 s a clip on a 2-core
@@ -980,6 +980,11 @@ def _measured_text(m: Any) -> str:
     if isinstance(m, dict):
         return ", ".join(f"{k}: {v}" for k, v in m.items() if v is not None) or "unmeasured"
     return str(m)
+
+
+from . import tune as _tune  # noqa: E402  (the tune command lives in its own module)
+
+_tune.register(app, handle_errors=_handle_errors, fail=_fail, info=_info, preflight=_preflight, load=_load)
 
 
 def main() -> None:  # pragma: no cover
