@@ -22,11 +22,12 @@ demo: setup
 	$(BIN)/na-accel generate examples/prompts.txt --out outputs/demo
 
 # Two pytest steps: Triton decides at import whether kernels are compiled or interpreted, so the interpreter tests
-# (marker `interpreter`) run in their own process with TRITON_INTERPRET=1.
+# (marker `interpreter`) run in their own process with TRITON_INTERPRET=1. Both spread over the cores (pytest-xdist,
+# `-n auto`: 2 workers on a 2-core machine, which halves the run; every test also passes alone).
 test: setup
 	$(BIN)/ruff check na_accel tests bench examples training
-	$(BIN)/python -m pytest -q -m "not interpreter"
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m interpreter
+	$(BIN)/python -m pytest -q -n auto -m "not interpreter"
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n auto -m interpreter
 
 lint: setup
 	$(BIN)/ruff check na_accel tests bench

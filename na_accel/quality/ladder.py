@@ -30,7 +30,7 @@ import torch
 from ..ops.semantics import GNAParams, axis_window, make_params, unravel
 from ..patching.families.base import Layout
 from ..patching.plan import ProbeCall
-from .locality import CHUNK_BYTES, _valid_keys, sample_queries
+from .locality import CHUNK_BYTES, AttachedProbe, _valid_keys, sample_queries
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -307,7 +307,7 @@ class LocalityTable:
                 "calls": self.calls, "queries": self.queries}  # fmt: skip
 
 
-class LadderProbe:
+class LadderProbe(AttachedProbe):
     r"""An attention probe (:meth:`na_accel.patching.api.PatchHandle.set_probe`) that measures the kept mass of
     every candidate of a ladder on the calls it sees, dense calls included (``observe_dense``): patch a pipeline
     with windows covering the grid (``kernel_size: -1``), attach, generate, read :meth:`table`.
@@ -343,16 +343,6 @@ class LadderProbe:
         self._acc: dict[tuple[str, int | None], list[Any]] = {}  # (layer, step) -> [sum [C, H] float64, rows, calls]
         self._dims: dict[str, tuple[int, int]] = {}  # layer -> (heads, head dim)
         self._handle = None
-
-    def attach(self, handle: Any) -> LadderProbe:
-        handle.set_probe(self)
-        self._handle = handle
-        return self
-
-    def detach(self) -> None:
-        if self._handle is not None:
-            self._handle.set_probe(None)
-            self._handle = None
 
     def __call__(self, call: ProbeCall) -> None:
         device = call.query.device

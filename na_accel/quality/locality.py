@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -161,7 +161,28 @@ def kept_mass_per_query(
     return _kept_rows(query, key, layout, queries, rows, scale, text_lengths, chunk_bytes)
 
 
-class LocalityProbe:
+_Probe = TypeVar("_Probe", bound="AttachedProbe")
+
+
+class AttachedProbe:
+    """Attaching a probe to a :class:`~na_accel.patching.api.PatchHandle` (``handle.set_probe``) and detaching it."""
+
+    _handle: Any = None
+
+    def attach(self: _Probe, handle: Any) -> _Probe:
+        """Set this probe on a :class:`~na_accel.patching.api.PatchHandle`; returns self."""
+        handle.set_probe(self)
+        self._handle = handle
+        return self
+
+    def detach(self) -> None:
+        """Remove this probe from the handle it was attached to (the recorded values stay)."""
+        if self._handle is not None:
+            self._handle.set_probe(None)
+            self._handle = None
+
+
+class LocalityProbe(AttachedProbe):
     """Accumulates the kept mass of every sparse attention call of a patched model, per (transformer, layer,
     denoising step, head).
 
@@ -190,20 +211,6 @@ class LocalityProbe:
         # (transformer, layer, step) -> [sum over rows per head (float64, on device), rows, calls]
         self._acc: dict[tuple[str, str, int | None], list[Any]] = {}
         self._handle = None
-
-    # ---- attaching -----------------------------------------------------------------------------------------------
-
-    def attach(self, handle: Any) -> LocalityProbe:
-        """Set this probe on a :class:`~na_accel.patching.api.PatchHandle`; returns self."""
-        handle.set_probe(self)
-        self._handle = handle
-        return self
-
-    def detach(self) -> None:
-        """Remove this probe from the handle it was attached to (the recorded values stay)."""
-        if self._handle is not None:
-            self._handle.set_probe(None)
-            self._handle = None
 
     def reset(self) -> None:
         """Forget the recorded values (the query samples and mask cache are kept)."""
