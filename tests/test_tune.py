@@ -321,3 +321,23 @@ def test_tune_api_errors():
         na_accel.tune(pipe, ["a"], target_speedup=2)
     with na_accel.patched(pipe, PROFILE_CONFIG), pytest.raises(na_accel.NAAccelError, match="unpatched"):
         na_accel.tune(pipe, ["a", "b"], target_speedup=2)
+
+
+def test_profile_cost_script_on_the_tiny_transformer(tmp_path):
+    """bench/tune_profile_cost.py (the GPU measurement of the profiling pass at real size) runs its code path on the
+    tiny HunyuanVideo transformer: the ladder probe saw every attention call, none ran sparse, the JSON is written."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "tune_profile_cost.py"
+    spec = importlib.util.spec_from_file_location("tune_profile_cost", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--tiny", "--out", str(tmp_path), "--iters", "1", "--warmup", "0", "--device", "cpu"]) == 0
+    (path,) = tmp_path.glob("tune-profile-cost-cpu-*.json")
+    rec = json.loads(path.read_text())
+    assert rec["attention_calls"]["sparse"] == 0 and rec["probe_calls"] > 0, rec
+    assert rec["probe_seconds_total"] > 0 and rec["profiled_step_s"] > 0 and rec["dense_step_s"] > 0
+    assert rec["extra_cost_dense_steps"] == rec["steps"] * (rec["profiled_step_s"] - rec["dense_step_s"]) / rec[
+        "dense_step_s"]
