@@ -230,3 +230,17 @@ def make_inputs(p: RandomProblem, tokens: int | None = None, extra: bool = True)
         eshape = (p.batch, p.num_extra, p.heads, p.head_dim)
         ek, ev = (torch.randn(eshape, generator=g, dtype=torch.float64).to(p.dtype) for _ in range(2))
     return q, k, v, ek, ev
+
+
+def kept_mass(q, k, grid, kernel_size, stride, dilation, num_text, lengths, text_first, scale) -> torch.Tensor:
+    """Kept mass [B, N, heads] of the grid queries: float64 softmax probabilities over every key a query may see
+    densely, summed over the brute-force window mask (the oracle of ``na_accel.quality.locality`` and ``.ladder``)."""
+    batch, n = q.shape[0], math.prod(grid)
+    window = full_mask(grid_mask_bruteforce(grid, kernel_size, stride, dilation), batch, num_text, lengths,
+                       text_queries=False, text_first=text_first)  # fmt: skip
+    everything = full_mask(torch.ones(n, n, dtype=torch.bool), batch, num_text, lengths, text_queries=False,
+                           text_first=text_first)  # fmt: skip
+    rows = slice(num_text, num_text + n) if text_first else slice(0, n)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q[:, rows].double(), k.double()) * scale
+    probs = torch.softmax(scores.masked_fill(~everything[:, None], float("-inf")), dim=-1)
+    return (probs * window[:, None]).sum(-1).transpose(1, 2)

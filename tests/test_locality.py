@@ -27,21 +27,6 @@ CASES = [
 ]
 
 
-def brute_kept(q, k, grid, kernel_size, stride, dilation, num_text, lengths, text_first, scale):
-    """Kept mass [B, N, heads] from float64 softmax probabilities summed over the brute-force window mask."""
-    batch, n = q.shape[0], 1
-    for g in grid:
-        n *= g
-    window = bf.full_mask(bf.grid_mask_bruteforce(grid, kernel_size, stride, dilation), batch, num_text, lengths,
-                          text_queries=False, text_first=text_first)  # fmt: skip
-    everything = bf.full_mask(torch.ones(n, n, dtype=torch.bool), batch, num_text, lengths, text_queries=False,
-                              text_first=text_first)  # fmt: skip
-    grid_rows = slice(num_text, num_text + n) if text_first else slice(0, n)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q[:, grid_rows].double(), k.double()) * scale
-    probs = torch.softmax(scores.masked_fill(~everything[:, None], float("-inf")), dim=-1)
-    return (probs * window[:, None]).sum(-1).transpose(1, 2)
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[0])))
 def test_kept_mass_matches_bruteforce(case):
     grid, ks, st, dil, num_text, lengths, text_first = case
@@ -53,7 +38,7 @@ def test_kept_mass_matches_bruteforce(case):
     params = make_params(grid, ks, st, dil)
     text_lengths = None if lengths is None else torch.tensor(lengths)
     scale = 0.7
-    expected = brute_kept(q, k, grid, ks, st, dil, num_text, lengths, text_first, scale)
+    expected = bf.kept_mass(q, k, grid, ks, st, dil, num_text, lengths, text_first, scale)
     got = kept_mass_per_query(q, k, layout, params, scale, text_lengths)
     assert got.shape == expected.shape
     torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-7)

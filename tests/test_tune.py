@@ -5,7 +5,6 @@ command line end to end on a tiny random-weight model (and its errors for imposs
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -36,19 +35,6 @@ runner = CliRunner()
 # ------------------------------------------------------------------------------------------------------------
 
 
-def brute_kept(q, k, grid, kernel_size, stride, num_text, lengths, text_first, scale):
-    """Kept mass [B, N, heads] from float64 softmax probabilities summed over the brute-force window mask."""
-    batch, n = q.shape[0], math.prod(grid)
-    window = bf.full_mask(bf.grid_mask_bruteforce(grid, kernel_size, stride, 1), batch, num_text, lengths,
-                          text_queries=False, text_first=text_first)  # fmt: skip
-    everything = bf.full_mask(torch.ones(n, n, dtype=torch.bool), batch, num_text, lengths, text_queries=False,
-                              text_first=text_first)  # fmt: skip
-    rows = slice(num_text, num_text + n) if text_first else slice(0, n)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q[:, rows].double(), k.double()) * scale
-    probs = torch.softmax(scores.masked_fill(~everything[:, None], float("-inf")), dim=-1)
-    return (probs * window[:, None]).sum(-1).transpose(1, 2)
-
-
 # grid, text tokens, text lengths (None: all valid), text first, ladder tile
 CASES = [
     ((3, 5, 7), 4, [2, 4], False, (2, 2, 4)),
@@ -75,7 +61,7 @@ def test_ladder_kept_mass_matches_bruteforce(case):
     checked = sorted(set(range(0, len(ladder), max(1, len(ladder) // 8))) | set(tiles[:: max(1, len(tiles) // 4)]))
     for c in checked:  # a spread of the ladder (the brute-force mask is slow), both stride kinds
         cand = ladder.candidates[c]
-        expected = brute_kept(q, k, grid, cand.kernel_size, cand.stride, num_text, lengths, text_first, 0.6)
+        expected = bf.kept_mass(q, k, grid, cand.kernel_size, cand.stride, 1, num_text, lengths, text_first, 0.6)
         torch.testing.assert_close(got[:, :, c].double(), expected[:, queries], rtol=1e-6, atol=1e-7)
         assert cand.density == pytest.approx(make_params(grid, cand.kernel_size, cand.stride).density())
     total = ladder_kept_mass(q, k, layout, ladder, queries, 0.6, text_lengths, reduce=True)
