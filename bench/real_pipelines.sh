@@ -2,8 +2,9 @@
 # One GPU call of bench/real_pipelines.py: one family's whole pipeline at real size (random weights, built in code and
 # saved to .bench_models/, reused while the machine stays warm), `na-accel generate --model DIR` per variant, time
 # per phase and peak GPU memory into $OUT/real-pipelines-<family>-<date>.json and .md (rewritten after every variant).
-# Needs, carried as wheels in .wheels/ (bench/gpu_env.sh installs them): diffusers==0.42.1 and imageio-ffmpeg (MP4
-# output); the GPU image has torch, triton, transformers, accelerate, imageio, typer and PyYAML.
+# Needs, carried as wheels in .wheels/ (bench/gpu_env.sh installs them): diffusers==0.42.1 and imageio-ffmpeg==0.5.1
+# (MP4 output; 27 MB, where 0.8.x is 68 MB and exceeds the 64 MiB carry beside diffusers); the GPU image has torch,
+# triton, transformers, accelerate, imageio, typer and PyYAML.
 # Env: FAMILY (hunyuan | wan | wan1.3b | flux; default hunyuan), VARIANTS (space separated, default "dense preset
 # preset+fbc preset+compile"; see the script), STEPS (default 4), BUDGET_S (default 480: no variant starts later, so
 # a call ends inside its 10 minutes when one variant takes < 2 minutes). More arguments go to the script.

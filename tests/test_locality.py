@@ -155,3 +155,10 @@ def test_probe_attach_detach_and_unpatch_clear_it():
     handle.unpatch()
     assert all(p.probe is None for p in patches)
     assert probe.summary()["mean"] is None
+
+
+def test_chunk_budget():
+    from na_accel.quality.locality import CHUNK_BYTES, chunk_budget
+
+    assert chunk_budget(torch.device("cpu")) == CHUNK_BYTES
+    assert chunk_budget(torch.device("cpu"), 5) == 5  # an explicit bound wins (tests use one row per chunk)

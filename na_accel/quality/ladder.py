@@ -30,7 +30,7 @@ import torch
 from ..ops.semantics import GNAParams, axis_window, make_params, unravel
 from ..patching.families.base import Layout
 from ..patching.plan import ProbeCall
-from .locality import CHUNK_BYTES, AttachedProbe, _valid_keys, sample_queries
+from .locality import AttachedProbe, _valid_keys, chunk_budget, sample_queries
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -196,7 +196,7 @@ def ladder_kept_mass(
     scale: float | None = None,
     text_lengths: torch.Tensor | None = None,
     bounds: list | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     reduce: bool = False,
 ) -> torch.Tensor:
     """Exact kept mass of every candidate of ``ladder`` for the sampled grid queries: ``[B, nq, C, heads]`` in
@@ -228,7 +228,7 @@ def ladder_kept_mass(
         bias.masked_fill_(~valid[:, None, None], -math.inf)
     bias = bias.view(r, 1, seq)
     itemsize = torch.finfo(cdt).bits // 8
-    step = max(1, chunk_bytes // (4 * itemsize * r * seq))
+    step = max(1, chunk_budget(device, chunk_bytes) // (4 * itemsize * r * seq))
     group = torch.tensor(ladder.group, dtype=torch.long, device=device)
     flat = torch.tensor(ladder.flat, dtype=torch.long, device=device)
     selected = [(g, (group == g).nonzero().flatten()) for g in range(len(bounds))]
@@ -327,7 +327,7 @@ class LadderProbe(AttachedProbe):
     def __init__(self, ladder: Ladder | None = None, *, queries: int | None = 64,
                  sample_tile: Sequence[int] | None = None, seed: int = 0,
                  fractions: Sequence[float] = DEFAULT_FRACTIONS, strides: Sequence[str] = STRIDE_KINDS,
-                 tile: Sequence[int] | None = None, chunk_bytes: int = CHUNK_BYTES) -> None:  # fmt: skip
+                 tile: Sequence[int] | None = None, chunk_bytes: int | None = None) -> None:  # fmt: skip
         self.ladder = ladder
         self.queries = queries
         self.sample_tile = tuple(sample_tile) if sample_tile is not None else None

@@ -29,10 +29,25 @@ from ..ops.semantics import GNAParams, grid_mask
 from ..patching.families.base import Layout
 from ..patching.plan import ProbeCall
 
-__all__ = ["LocalityProbe", "kept_mass_per_query", "sample_queries", "window_rows"]
+__all__ = ["LocalityProbe", "chunk_budget", "kept_mass_per_query", "sample_queries", "window_rows"]
 
-#: Upper bound on the bytes of one chunk's score tensor (B x heads x chunk x sequence, compute dtype).
+#: Upper bound on the bytes of one chunk's score tensor (B x heads x chunk x sequence, compute dtype) on a CPU.
 CHUNK_BYTES = 64 * 1024 * 1024
+#: The same on a GPU, capped at a quarter of the free memory: each chunk reads every key once, so at real size
+#: (HunyuanVideo 720p x 129 frames: 24 heads x 119k keys, 1.5 GB of float32 keys) chunks of one or two queries made
+#: the probe bound by re-reading the keys (88 ms per call at 64 queries); 1 GiB chunks take ~20 queries at a time.
+CUDA_CHUNK_BYTES = 1024 * 1024 * 1024
+
+
+def chunk_budget(device: torch.device, chunk_bytes: int | None = None) -> int:
+    """The chunk bound for ``device``: ``chunk_bytes`` when given, else :data:`CHUNK_BYTES` on a CPU and
+    :data:`CUDA_CHUNK_BYTES` (at most a quarter of the free memory) on a GPU."""
+    if chunk_bytes is not None:
+        return int(chunk_bytes)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return max(CHUNK_BYTES, min(CUDA_CHUNK_BYTES, free // 4))
+    return CHUNK_BYTES
 
 
 def sample_queries(grid: Sequence[int], count: int | None = 256, *, tile: Sequence[int] | None = None,
@@ -101,7 +116,8 @@ def _valid_keys(layout: Layout, text_lengths: torch.Tensor | None, batch: int, d
 
 
 def _kept_rows(query: torch.Tensor, key: torch.Tensor, layout: Layout, queries: torch.Tensor, rows: torch.Tensor,
-               scale: float | None, text_lengths: torch.Tensor | None, chunk_bytes: int) -> torch.Tensor:  # fmt: skip
+               scale: float | None, text_lengths: torch.Tensor | None, chunk_bytes: int | None
+               ) -> torch.Tensor:  # fmt: skip
     """Kept mass ``[B, nq, heads]`` of the sampled grid queries ``queries`` given their window ``rows``."""
     batch, seq, heads, dim = query.shape
     if key.shape != query.shape:
@@ -116,7 +132,7 @@ def _kept_rows(query: torch.Tensor, key: torch.Tensor, layout: Layout, queries: 
     valid = _valid_keys(layout, text_lengths, batch, device)
     k = key.to(cdt)
     itemsize = torch.finfo(cdt).bits // 8
-    step = max(1, chunk_bytes // (2 * itemsize * batch * heads * seq))
+    step = max(1, chunk_budget(device, chunk_bytes) // (2 * itemsize * batch * heads * seq))
     out = torch.empty(batch, positions.numel(), heads, dtype=torch.float32, device=device)
     for start in range(0, positions.numel(), step):
         sl = slice(start, start + step)
@@ -138,7 +154,7 @@ def kept_mass_per_query(
     scale: float | None = None,
     text_lengths: torch.Tensor | None = None,
     queries: torch.Tensor | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> torch.Tensor:
     """Exact kept mass ``exp(lse_window - lse_dense)`` of sampled grid queries, ``[B, nq, heads]`` float32.
 
@@ -151,7 +167,8 @@ def kept_mass_per_query(
         text_lengths: int ``[B]``, valid text tokens per batch element (the first ones); None: all valid. Padded text
             keys are excluded from both the window and the dense softmax.
         queries: raster indices of the grid queries to measure (e.g. from :func:`sample_queries`); None: all.
-        chunk_bytes: bound on the bytes of one chunk of scores (``B x heads x chunk x S``).
+        chunk_bytes: bound on the bytes of one chunk of scores (``B x heads x chunk x S``); None:
+            :func:`chunk_budget` of the device.
 
     Scores are computed in float32 (float64 for float64 inputs) for the sampled rows only.
     """
@@ -201,7 +218,7 @@ class LocalityProbe(AttachedProbe):
     """
 
     def __init__(self, queries: int | None = 256, *, tile: Sequence[int] | None = None, seed: int = 0,
-                 chunk_bytes: int = CHUNK_BYTES) -> None:  # fmt: skip
+                 chunk_bytes: int | None = None) -> None:  # fmt: skip
         self.queries = queries
         self.tile = tuple(tile) if tile is not None else None
         self.seed = seed
