@@ -235,27 +235,18 @@ class LayerPatch:
             if probe is not None and getattr(probe, "observe_dense", False) and plan.layout is not None:
                 self._probe_dense(probe, plan, args, kwargs)
             return self._dense()
-        try:
-            q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs, parallel_config = bind_dispatch(
-                *args, **kwargs
-            )
-        except TypeError as exc:
-            return self._decline(f"unexpected dispatch_attention_fn arguments ({exc})")
-        why = self._unsupported(q, k, v, dropout_p, is_causal, enable_gqa, attention_kwargs)
-        if why is not None:
-            return self._decline(why)
+        call = self._read_call(args, kwargs)
+        if isinstance(call, str):
+            return self._decline(call)
+        q, k, v, mask, scale, parallel_config = call
         if parallel_config is not None:  # diffusers' context parallelism: GNA inside its Ulysses attention, or decline
             return attend_context_parallel(self, q, k, v, mask, scale, parallel_config)
-        layout = plan.layout
-        if q.shape[1] != layout.seq_len:
-            return self._decline(f"sequence length {q.shape[1]} is not {layout.describe()} = {layout.seq_len} tokens")
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             return self._decline("autograd is recording (na_accel attention is forward-only)")
-        lengths = None
-        if mask is not None:
-            lengths = self._text_lengths(mask, plan, q)
-            if isinstance(lengths, str):
-                return self._decline(lengths)
+        lengths = self._grid_text_lengths(plan, q, mask)
+        if isinstance(lengths, str):
+            return self._decline(lengths)
+        layout = plan.layout
         p = self.params
         backend = self.window.backend
         if layout.num_text:
@@ -273,8 +264,15 @@ class LayerPatch:
         return out
 
     @staticmethod
-    def _unsupported(q, k, v, dropout_p, is_causal, enable_gqa, attention_kwargs) -> str | None:
-        """Why GNA cannot answer a call with these arguments (None when it can, shapes and dtypes permitting)."""
+    def _read_call(args: tuple, kwargs: dict) -> tuple | str:
+        """``(q, k, v, mask, scale, parallel_config)`` of a dispatch_attention_fn call GNA can answer (shapes and
+        dtypes permitting), or why it cannot."""
+        try:
+            q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs, parallel_config = bind_dispatch(
+                *args, **kwargs
+            )
+        except TypeError as exc:
+            return f"unexpected dispatch_attention_fn arguments ({exc})"
         if dropout_p:
             return f"dropout_p={dropout_p}"
         if is_causal:
@@ -290,31 +288,28 @@ class LayerPatch:
                     "[B, S, heads, D]")  # fmt: skip
         if not q.is_floating_point() or q.dtype != k.dtype or q.dtype != v.dtype:
             return f"dtypes {q.dtype}, {k.dtype}, {v.dtype}"
-        return None
+        return q, k, v, mask, scale, parallel_config
+
+    def _grid_text_lengths(self, plan: ForwardPlan, q: torch.Tensor, mask):
+        """The valid text lengths of a call on the forward's layout (None: all valid), or why its sequence or mask
+        does not fit that layout."""
+        layout = plan.layout
+        if q.shape[1] != layout.seq_len:
+            return f"sequence length {q.shape[1]} is not {layout.describe()} = {layout.seq_len} tokens"
+        return None if mask is None else self._text_lengths(mask, plan, q)
 
     def _probe_dense(self, probe: AttentionProbe, plan: ForwardPlan, args: tuple, kwargs: dict) -> None:
         """Hand a planned dense call to a probe that observes dense calls (see :class:`AttentionProbe`), when GNA
         could have answered it: eager, no context parallelism, arguments and sequence as a sparse call needs."""
         if torch.compiler.is_compiling():
             return
-        try:
-            q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs, parallel_config = bind_dispatch(
-                *args, **kwargs
-            )
-        except TypeError:
+        call = self._read_call(args, kwargs)
+        if isinstance(call, str) or call[5] is not None:  # unsupported, or context parallelism
             return
-        if parallel_config is not None or self._unsupported(q, k, v, dropout_p, is_causal, enable_gqa,
-                                                            attention_kwargs) is not None:  # fmt: skip
-            return
-        layout = plan.layout
-        if q.shape[1] != layout.seq_len:
-            return
-        lengths = None
-        if mask is not None:
-            lengths = self._text_lengths(mask, plan, q)
-            if isinstance(lengths, str):
-                return
-        probe(ProbeCall(self.owner.label, self.name, plan.step, layout, None, q, k, lengths, scale))
+        q, k, _v, mask, scale, _ = call
+        lengths = self._grid_text_lengths(plan, q, mask)
+        if not isinstance(lengths, str):
+            probe(ProbeCall(self.owner.label, self.name, plan.step, plan.layout, None, q, k, lengths, scale))
 
     @staticmethod
     def _text_lengths(mask, plan: ForwardPlan, q: torch.Tensor):
