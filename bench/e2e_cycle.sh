@@ -6,11 +6,8 @@
 # One call may run 10 minutes at most: hunyuan alone takes ~4 min (31 s dense steps), so split CASES over calls.
 set -o pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/na_out}
-mkdir -p "$OUT"
 source bench/gpu_env.sh
-nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.txt"
+gpu_snapshot "$OUT/nvidia-smi.txt"
 bench() { timeout "${CASE_TIMEOUT:-280}" python3 -m na_accel.cli bench --out "$OUT" --steps "${STEPS:-2}" "$@"; }
 for case in ${CASES:-hunyuan wan cosmos flux4k overhead}; do
   echo "=== $case"

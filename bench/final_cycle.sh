@@ -9,10 +9,9 @@
 #     TESTS_FILES=tests/test_gluon_gpu.py bash bench/final_cycle.sh
 set -o pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 TRITON_PRINT_AUTOTUNING=1
-OUT=${OUT:-/tmp/na_out}; mkdir -p "$OUT"
+export TRITON_PRINT_AUTOTUNING=1
 source bench/gpu_env.sh
-nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.txt"
+gpu_snapshot "$OUT/nvidia-smi.txt"
 if [ -n "${TESTS_FILES:-}" ]; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu $TESTS_FILES -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -30
 fi

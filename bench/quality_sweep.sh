@@ -9,12 +9,9 @@
 # SWEEP_BUDGET_S (default 300) seconds: the rows done so far come back and the JSON lists the skipped ones.
 set -o pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
 export NA_ACCEL_AUTOTUNE=${NA_ACCEL_AUTOTUNE:-0}
-OUT=${OUT:-/tmp/na_out}
-mkdir -p "$OUT"
 source bench/gpu_env.sh
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.txt"
+gpu_snapshot "$OUT/nvidia-smi.txt"
 python3 bench/quality_sweep.py --out "$OUT" --budget-s "${SWEEP_BUDGET_S:-300}" "$@" 2>&1 | tee "$OUT/sweep.log"
 status=${PIPESTATUS[0]}
 ls -la "$OUT"

@@ -11,12 +11,9 @@
 # A call returns at most 8 files: results JSON + MD, the log and nvidia-smi.txt (videos stay in .bench_models/).
 set -o pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
 export NA_ACCEL_AUTOTUNE=${NA_ACCEL_AUTOTUNE:-0}
-OUT=${OUT:-/tmp/na_out}
-mkdir -p "$OUT"
 source bench/gpu_env.sh
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.txt"
+gpu_snapshot "$OUT/nvidia-smi.txt"
 df -h . /tmp | tee -a "$OUT/nvidia-smi.txt"
 # shellcheck disable=SC2086 # VARIANTS is a list
 python3 bench/real_pipelines.py --family "${FAMILY:-hunyuan}" --out "$OUT" --steps "${STEPS:-4}" \

@@ -5,8 +5,6 @@
 # saved pipeline with eval.json and eval_samples.png, when the save / eval stages ran).
 set -o pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/na_out}; mkdir -p "$OUT"
 source bench/gpu_env.sh
 RUN=/tmp/t2v_run
 mkdir -p "$RUN/ckpt"
@@ -14,7 +12,7 @@ if [ -d run_t2v ]; then
   cp run_t2v/train_log.json "$RUN/" 2>/dev/null
   cp run_t2v/*.pt "$RUN/ckpt/" 2>/dev/null
 fi
-nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/run.log"
+gpu_snapshot "$OUT/run.log"
 python3 training/train_tiny_t2v.py --out "$RUN" "$@" 2>&1 | grep -v "it/s\]" | tee -a "$OUT/run.log"
 status=${PIPESTATUS[0]}
 cp "$RUN/train_log.json" "$OUT/" 2>/dev/null
