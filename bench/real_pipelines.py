@@ -51,6 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from na_accel.quality.environment import versions  # noqa: E402
+
 FAMILIES = ("hunyuan", "wan", "wan1.3b", "flux")
 BUILD_FILE = "na_accel_bench_build.json"
 PROMPT = "a red fox runs through a snowy forest at sunrise, cinematic, detailed fur, soft light"
@@ -449,18 +451,6 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def versions() -> dict[str, str | None]:
-    import importlib.metadata as md
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("torch", "diffusers", "transformers", "accelerate", "triton"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", choices=FAMILIES, required=True)
@@ -520,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.config or PRESETS[args.family],
         "preset_dense_steps": preset_dense,
         "device": device,
-        "versions": versions(),
+        "versions": versions(extra=("accelerate",)),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "variants": [],

@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import na_accel  # noqa: E402
 from na_accel.patching.config import config_from_dict  # noqa: E402
 from na_accel.quality.choose import Choice, sweep  # noqa: E402
+from na_accel.quality.environment import versions  # noqa: E402
 from na_accel.quality.ladder import LadderProbe  # noqa: E402
 from na_accel.quality.tune import (  # noqa: E402
     Detector,
@@ -62,7 +63,6 @@ from na_accel.quality.tune import (  # noqa: E402
     profile,
     score_clips,
     summarize_scores,
-    versions,
 )
 from na_accel.tiny import world  # noqa: E402
 from na_accel.tiny.trained import PIPELINE_DIR  # noqa: E402

@@ -48,6 +48,7 @@ from ..patching.api import is_patched, patched
 from ..patching.config import NAConfig, config_from_dict
 from ..patching.families import adapter_for
 from .choose import Choice, choose_per_head, choose_ranges, sweep, threshold_grid
+from .environment import versions
 from .ladder import DEFAULT_FRACTIONS, STRIDE_KINDS, Ladder, LadderProbe, LocalityTable
 from .metrics import latent_metrics, psnr, ssim
 from .report import json_safe
@@ -394,20 +395,6 @@ def check_round_trip(config: NAConfig, table: LocalityTable, plan: Choice) -> No
 # --------------------------------------------------------------------------------------------------------------
 # Environment
 # --------------------------------------------------------------------------------------------------------------
-
-
-def versions() -> dict[str, str | None]:
-    import importlib.metadata as md
-
-    from .. import __version__
-
-    out: dict[str, str | None] = {"python": platform.python_version(), "na_accel": __version__}
-    for pkg in ("torch", "diffusers", "transformers", "triton"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def device_description(pipe: Any) -> str:

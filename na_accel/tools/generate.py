@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UnsupportedModelError
+from ..quality.environment import versions
 
 __all__ = [
     "TINY_LABEL",
@@ -805,22 +806,6 @@ def truncation_text(prompt_index: int, records: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Environment
 # --------------------------------------------------------------------------------------------------------------
-
-
-def versions() -> dict[str, str | None]:
-    import importlib.metadata as md
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("na_accel", "torch", "diffusers", "triton", "transformers"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    if out["na_accel"] is None:  # running from a source tree that is not installed
-        from .. import __version__
-
-        out["na_accel"] = __version__
-    return out
 
 
 def device_description(device: str) -> str:
