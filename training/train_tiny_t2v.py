@@ -297,6 +297,19 @@ def stage_vae(cfg: dict, comps: dict, dev, log: Log) -> None:
     say(f"vae: {step} steps, latent std {std:.3f}, reconstruction PSNR {psnr:.2f} dB, on objects {obj_psnr:.2f} dB")
 
 
+def vae_from(comps: dict, path: Path, log: Log) -> None:
+    """Load the VAE of a saved pipeline folder (``PATH/vae``) into ``comps`` and record where it came from (the
+    scaling factor travels in its config). Its architecture must match the config's ``model`` section."""
+    import diffusers
+
+    saved = diffusers.AutoencoderKLHunyuanVideo.from_pretrained(path / "vae", torch_dtype=torch.float32)
+    comps["vae"].load_state_dict(saved.state_dict())  # strict: a mismatched config fails here
+    sf = float(saved.config.scaling_factor)
+    comps["vae"].register_to_config(scaling_factor=sf)
+    log.stage("vae", source=str(path), scaling_factor=sf)
+    say(f"vae: loaded from {path} (scaling factor {sf:.4f})")
+
+
 def stage_latents(cfg: dict, comps: dict, dev) -> tuple[torch.Tensor, list[str]]:
     d = cfg["data"]
     vae = comps["vae"].to(dev).eval()
@@ -323,10 +336,10 @@ def make_pipe(comps: dict):
     return HunyuanVideoPipeline(**comps)
 
 
-def transformer_lr(t: dict, step: int) -> float:
-    """Cosine decay from ``lr`` to ``min_lr`` over ``steps`` (a function of the step alone, so a resumed run
-    continues the same schedule)."""
-    progress = min(1.0, step / t["steps"])
+def transformer_lr(t: dict, step: int, seconds: float = 0.0) -> float:
+    """Cosine decay from ``lr`` to ``min_lr`` over ``steps`` or ``total_seconds`` of training (whichever ends first;
+    ``seconds`` counts earlier calls too, so a resumed run continues the same schedule)."""
+    progress = min(1.0, max(step / t["steps"], seconds / t.get("total_seconds", math.inf)))
     return t["min_lr"] + (t["lr"] - t["min_lr"]) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -347,6 +360,8 @@ def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat
     params = [p for mod in modules.values() for p in mod.parameters()]
     opt = torch.optim.AdamW(params, lr=t["lr"], betas=(0.9, 0.99), weight_decay=t["weight_decay"])
     step0 = state.get("transformer_step", 0)
+    seconds0 = state.get("transformer_seconds", 0.0)  # training time of earlier calls (the schedule's clock)
+    total = t.get("total_seconds", math.inf)
     g = torch.Generator().manual_seed(cfg["seed"] + 2 + step0)
     gd = torch.Generator(dev).manual_seed(cfg["seed"] + 3 + step0)  # noise on the device: no host round trip
     n = len(caps)
@@ -355,9 +370,9 @@ def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat
     guidance = torch.full((t["batch"],), cfg["generation"]["guidance_scale"] * 1000.0, device=dev)
     losses: list[float] = []
     warmup = t["resume_warmup"] if step0 else t["warmup"]
-    while step < t["steps"] and time.time() - t0 < t["time_budget_s"]:
+    while step < t["steps"] and time.time() - t0 < t["time_budget_s"] and seconds0 + time.time() - t0 < total:
         warm = min(1.0, (step - step0 + 1) / warmup)
-        lr = warm * transformer_lr(t, step)
+        lr = warm * transformer_lr(t, step, seconds0 + time.time() - t0)
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(n, (t["batch"],), generator=g)
@@ -394,9 +409,10 @@ def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat
                 f"{row['samples_per_s']:.0f} samples/s")  # fmt: skip
             losses = []
         if time.time() - last_ckpt > checkpoint_every:
-            save_ckpt(out, comps, ema, dict(state, transformer_step=step), log)
+            save_ckpt(out, comps, ema, dict(state, transformer_step=step,
+                                            transformer_seconds=seconds0 + time.time() - t0), log)  # fmt: skip
             last_ckpt = time.time()
-    state = dict(state, transformer_step=step)
+    state = dict(state, transformer_step=step, transformer_seconds=round(seconds0 + time.time() - t0, 1))
     prev = log.data["stages"].get("transformer", {})
     log.stage("transformer", steps=step, seconds=round(prev.get("seconds", 0) + time.time() - t0, 1),
               samples=step * t["batch"])  # fmt: skip
@@ -474,6 +490,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true", help="continue from OUT/ckpt (weights; optimizer restarts)")
     ap.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between transformer checkpoints")
     ap.add_argument("--transformer-seconds", type=float, default=None, help="override the transformer time budget")
+    ap.add_argument("--vae-from", type=Path, default=None,
+                    help="take the VAE (weights and scaling factor) from a saved pipeline folder instead of the vae "
+                         "stage, e.g. the shipped na_accel/tiny/t2v_pipeline when only the transformer changes")
     ap.add_argument("--eval-count", type=int, default=64)
     ap.add_argument("--eval-batch", type=int, default=16)
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (checks every stage end to end)")
@@ -493,6 +512,11 @@ def main(argv: list[str] | None = None) -> None:
     log = Log(args.out, cfg, args.resume)
     comps = build_components(cfg)
     ema, state = load_ckpt(args.out, comps, log) if args.resume else (None, {})
+    if args.vae_from is not None:
+        if "vae" in stages:
+            ap.error("--vae-from replaces the vae stage; leave 'vae' out of --stages")
+        vae_from(comps, args.vae_from, log)
+        state["vae_done"] = True
     say(f"device {dev}; stages {stages}; resumed at {state or 'start'}")
     if "vae" in stages:
         stage_vae(cfg, comps, dev, log)
