@@ -17,6 +17,9 @@ embedded text-to-video model.
      at least *uniform*'s: equal or fewer attention FLOPs.
    * *tuned+dense steps*: the same with the dense steps of *uniform+dense steps* fixed (``dense_steps=``), at
      least its speedup: what per-layer windows add to the same dense steps.
+   * *tuned+step ranges*: the tuner's plans with windows per step range as well
+     (:func:`na_accel.quality.choose.sweep_ranges`, 1, 2 or 4 ranges), the highest threshold at least *tuned*'s
+     speedup, when that plan differs from *tuned*: what per-step-range windows add at equal or fewer FLOPs.
 
 3. **Evaluate** both on the next ``--eval`` evaluation prompts (never profiled) against their dense generations, same
    seeds: PSNR and SSIM of the decoded frames (mean over frames per clip, then over clips), relative L2 error of the
@@ -51,7 +54,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import na_accel  # noqa: E402
 from na_accel.patching.config import config_from_dict  # noqa: E402
-from na_accel.quality.choose import Choice, sweep  # noqa: E402
+from na_accel.quality.choose import Choice, sweep, sweep_ranges  # noqa: E402
 from na_accel.quality.environment import versions  # noqa: E402
 from na_accel.quality.ladder import LadderProbe  # noqa: E402
 from na_accel.quality.tune import (  # noqa: E402
@@ -60,6 +63,7 @@ from na_accel.quality.tune import (  # noqa: E402
     device_description,
     generate_clips,
     plan_config,
+    plan_dict,
     profile,
     score_clips,
     summarize_scores,
@@ -105,9 +109,9 @@ def tuned_plan(plans: list[Choice], speedup: float) -> Choice | None:
     return ok[0] if ok else None
 
 
-def windows(table: Any, plan: Choice) -> dict[str, str | None]:
-    cands = table.ladder.candidates
-    return {name: None if c is None else cands[c].label for name, c in zip(table.layers, plan.layers, strict=True)}
+def windows(table: Any, plan: Choice) -> dict[str, Any]:
+    """Per layer its window's label (None: dense), or one per step range for a plan by step range."""
+    return plan_dict(plan, table)["windows"]
 
 
 def run_config(pipe: Any, cfg_dict: dict[str, Any], prompts: list[str], seeds: list[int], kw: dict[str, Any],
@@ -130,7 +134,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     rows = result["rows"]
     for ax, key, label in ((axes[0], "psnr", "PSNR vs dense (dB)"), (axes[1], "ssim", "SSIM vs dense")):
         for kind, marker in (("uniform", "s--"), ("tuned", "o-"), ("uniform+dense steps", "^:"),
-                             ("tuned+dense steps", "D-")):  # fmt: skip
+                             ("tuned+dense steps", "D-"), ("tuned+step ranges", "v-")):  # fmt: skip
             pts = sorted((r["speedup"], r["eval"][key]) for r in rows if r["kind"] == kind)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, label=kind)
         ax.set_xscale("log", base=2)
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = table.head_mean()
     density = table.ladder.densities
     plans = [p for p in sweep(kept, density, table.flops) if not p.is_dense]
+    ranged = [p for p in sweep_ranges(kept, density, table.flops) if not p.is_dense]
     model_class = "HunyuanVideoTransformer3DModel"
     rows: list[dict[str, Any]] = []
     result = {
@@ -255,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         if uni is None:
             say(f"budget {budget:g}x: no uniform window fits; skipped")
             continue
-        runs = [("uniform", uni), ("tuned", tuned_plan(plans, uni.speedup))]  # tuned: at least uniform's speedup
+        tuned = tuned_plan(plans, uni.speedup)  # at least uniform's speedup
+        runs = [("uniform", uni), ("tuned", tuned)]
+        by_range = tuned_plan(ranged, tuned.speedup) if tuned is not None else None
+        if by_range is not None and by_range.key != tuned.key:
+            runs.append(("tuned+step ranges", by_range))
         if uni_dense is not None and uni_dense.key != uni.key:
             # the tuner with the same dense steps as the preset-style config: what per-layer windows add to them
             fixed = [p for p in sweep(kept, density, table.flops, dense_steps=uni_dense.dense_steps) if not p.is_dense]
@@ -266,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cfg = plan_config(table, plan, model_class=model_class, description=f"{kind} at {budget:g}x")
             say(f"budget {budget:g}x {kind}: {plan.speedup:.2f}x, {plan.dense_steps} dense steps, predicted kept "
-                f"{plan.predicted_kept:.3f}, windows {sorted(set(windows(table, plan).values()), key=str)}"
+                f"{plan.predicted_kept:.3f}, windows {sorted({str(w) for w in windows(table, plan).values()})}"
             )  # fmt: skip
             res = run_config(pipe, cfg, [captions[i] for i in ev], [seeds[i] for i in ev], gen, args.batch, dense_ev,
                              ev, detector)  # fmt: skip
@@ -275,13 +284,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"adherence {e.get('adherence', {}).get('all')}")  # fmt: skip
             rows.append({"budget": budget, "kind": kind, "speedup": plan.speedup, "dense_steps": plan.dense_steps,
                          "threshold": plan.threshold, "predicted_kept": plan.predicted_kept,
+                         "step_ranges": [list(r) for r in plan.ranges] if plan.by_range else None,
                          "lowest_kept": plan.lowest_kept, "windows": windows(table, plan),
                          "config_yaml": config_yaml(cfg), **res})  # fmt: skip
             json_path.write_text(json.dumps(na_accel.quality.report.json_safe(result), indent=1) + "\n")
     # per budget: the difference at (tuned <=) equal FLOPs
     summary = []
     for budget in budgets:
-        for tk, uk in (("tuned", "uniform"), ("tuned+dense steps", "uniform+dense steps")):
+        for tk, uk in (("tuned", "uniform"), ("tuned+dense steps", "uniform+dense steps"),
+                       ("tuned+step ranges", "tuned")):  # fmt: skip
             t = next((r for r in rows if r["budget"] == budget and r["kind"] == tk), None)
             u = next((r for r in rows if r["budget"] == budget and r["kind"] == uk), None)
             if t is None or u is None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 import na_accel
+from na_accel.errors import ConfigError
 from na_accel.patching.config import LayerRule, NAConfig, WindowSpec, config_from_dict, load_config, preset_path
 
 PRESETS = {
@@ -237,3 +239,45 @@ REPO = Path(__file__).resolve().parents[1]
 def test_shipped_example_and_bench_configs_load(path):
     cfg = load_config(str(REPO / path))
     assert cfg.description and cfg.measured
+
+
+def test_rules_by_step():
+    """``steps: [first, last]`` restricts a rule to those denoising steps (-1: to the end); rules for one match need
+    ranges that do not overlap; a ranged rule never applies when the step is unknown; the schema round-trips."""
+    from na_accel.patching.config import config_from_dict
+
+    data = {"version": 1, "defaults": {"kernel_size": 4, "dense_steps": 1},
+            "layers": [{"match": "a", "steps": [1, 3], "kernel_size": 2},
+                       {"match": "a", "steps": [4, -1], "dense": True},
+                       {"match": "re:a|b", "steps": [0, 0], "kernel_size": 3}]}  # fmt: skip
+    cfg = config_from_dict(data)
+    kernel = {s: (w.kernel_size if w is not None else None) for s in (None, 0, 1, 3, 4, 99)
+              for w in [cfg.window_for("a", s)[1]]}  # fmt: skip
+    assert kernel == {None: 4, 0: 3, 1: 2, 3: 2, 4: None, 99: None}
+    assert cfg.window_for("b", 1)[1].kernel_size == 4 and cfg.window_for("b", 0)[1].kernel_size == 3
+    assert [w if w is None else w.kernel_size for w in cfg.windows_for("a")] == [4, 2, None, 3]
+    assert len(cfg.step_rules_for("a")) == 3 and len(cfg.step_rules_for("c")) == 0
+    again = config_from_dict(cfg.to_dict())
+    assert again.layers == tuple(dataclasses.replace(r) for r in cfg.layers)
+    assert cfg.to_dict()["layers"][1] == {"match": "a", "steps": [4, -1], "dense": True}
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ([{"match": "a", "steps": [1, 3]}, {"match": "a", "steps": [3, 5]}], "overlaps steps [1, 3] of layers[0]"),
+        ([{"match": "a", "steps": [1, -1]}, {"match": "a", "steps": [7, 9]}], "overlaps"),
+        ([{"match": "a"}, {"match": "a", "steps": [1, 2]}], "already matched by layers[0]"),
+        ([{"match": "a", "steps": [3, 1]}], "0 <= first <= last"),
+        ([{"match": "a", "steps": [-1, 2]}], "got [-1, 2]"),
+        ([{"match": "a", "steps": 5}], "got 5"),
+        ([{"match": "a", "steps": [1, 2.5]}], "got [1, 2.5]"),
+        ([{"match": "a", "step": [1, 2]}], "Did you mean 'steps'"),
+    ],
+)
+def test_rules_by_step_errors(layers, message):
+    from na_accel.patching.config import config_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"version": 1, "layers": layers})
+    assert message in str(err.value)

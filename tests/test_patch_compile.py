@@ -83,6 +83,37 @@ def test_compiled_blocks_do_not_recompile_per_step():
     torch._dynamo.reset()
 
 
+def test_compiled_rules_by_step_match_eager():
+    """A config whose windows change with the step (rules with ``steps``) under compile_repeated_blocks: every step
+    gives the eager result of the same config (each distinct window compiles once)."""
+    torch._dynamo.reset()
+    kw = inputs("hunyuan", text_lengths=[5, 8])
+    config = {"version": 1, "defaults": {**SPARSE["hunyuan"], "dense_steps": 1},
+              "layers": [{"match": "transformer_blocks.1.attn", "steps": [1, 1], "kernel_size": [3, 3, 3],
+                          "stride": [1, 3, 1]},
+                         {"match": "transformer_blocks.1.attn", "steps": [2, 2], "dense": True},
+                         {"match": "re:single_.*", "steps": [3, -1], "kernel_size": [1, 4, 5], "stride": [1, 2, 5]}]}
+
+    def steps(m):
+        return [run(m, {**kw, "timestep": torch.full((2,), t)}) for t in (900.0, 800.0, 700.0, 600.0, 500.0)]
+
+    with torch.no_grad():
+        m = tiny_transformer("hunyuan")
+        with na_accel.patched(m, config=config):
+            eager = steps(m)
+        m = tiny_transformer("hunyuan")
+        with na_accel.patched(m, config=config) as handle:
+            m.compile_repeated_blocks(fullgraph=True, backend="eager")
+            compiled = steps(m)
+            rows = {r["layer"]: r for r in handle.layer_plans()}
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(eager[1], eager[2])
+    assert (rows["transformer_blocks.1.attn"]["sparse_calls"], rows["transformer_blocks.1.attn"]["dense_calls"]) == (
+        3, 2)  # step 0 dense (dense_steps), steps 1, 3, 4 sparse, step 2 dense by rule  # fmt: skip
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("family", ["hunyuan", "wan"])
 def test_call_counts_under_compile_match_eager(family):
     """Attention calls inside torch.compile cannot count themselves; the forward post-hook counts them from the plan,

@@ -318,6 +318,56 @@ def test_dense_step_schedule_and_generations(monkeypatch):
         assert "generation" in handle.summary()
 
 
+def test_rules_by_step(monkeypatch):
+    """Rules with ``steps`` choose a layer's window per denoising step: each step's output equals the composition
+    with that step's windows; a dense-by-step rule leaves the layer dense at those steps only; steps outside every
+    range fall back to the rule without steps (here the defaults)."""
+    family = "hunyuan"
+    m = model(family)
+    config = {
+        "version": 1,
+        "defaults": {"kernel_size": [2, 2, 2], "stride": 1, "dense_steps": 1},
+        "layers": [
+            {"match": "transformer_blocks.1.attn", "steps": [1, 1], "kernel_size": [3, 3, 3], "stride": [1, 3, 1]},
+            {"match": "transformer_blocks.1.attn", "steps": [2, 2], "dense": True},
+            {"match": "re:single_transformer_blocks\\.\\d+\\.attn", "steps": [2, -1], "kernel_size": [1, 4, 5],
+             "stride": [1, 2, 5]},
+        ],
+    }
+    d = ([2, 2, 2], [1, 1, 1], 1)
+    # per step, the windows of the calls in order: transformer_blocks.0, .1, single_transformer_blocks.0, .1
+    plans = {
+        0: [None] * 4,  # dense step
+        1: [d, ([3, 3, 3], [1, 3, 1], 1), d, d],
+        2: [d, None, ([1, 4, 5], [1, 2, 5], 1), ([1, 4, 5], [1, 2, 5], 1)],
+        3: [d, d, ([1, 4, 5], [1, 2, 5], 1), ([1, 4, 5], [1, 2, 5], 1)],
+    }
+    timesteps = [900.0, 800.0, 700.0, 600.0]
+    kw = inputs(family, batch=1)
+    expected = {}
+    for step, t in enumerate(timesteps):
+        expected[step] = composed(monkeypatch, family, m, {**kw, "timestep": torch.tensor([t])},
+                                  lambda i, s=step: plans[s][i])  # fmt: skip
+    with na_accel.patched(m, config=config) as handle:
+        for step, t in enumerate(timesteps):
+            before = {r["layer"]: r for r in handle.layer_plans()}
+            out = run(m, {**kw, "timestep": torch.tensor([t])})
+            assert handle.step == step
+            assert_close(out, expected[step])
+            rows = {r["layer"]: r for r in handle.layer_plans()}
+            got = rows["transformer_blocks.1.attn"]
+            calls = {k: got[k] - before.get("transformer_blocks.1.attn", {}).get(k, 0)
+                     for k in ("sparse_calls", "dense_calls")}  # fmt: skip
+            assert calls == ({"sparse_calls": 0, "dense_calls": 1} if step in (0, 2)
+                             else {"sparse_calls": 1, "dense_calls": 0}), (step, calls)  # fmt: skip
+            if step == 2:
+                assert got["kernel_size"] is None and "steps 2-2" in got["dense_reason"]
+                assert rows["single_transformer_blocks.0.attn"]["kernel_size"] == (1, 4, 5)
+            text = handle.summary()
+        assert "rule(s) by step" in text and "(steps 2-end)" in text
+        assert rows["transformer_blocks.1.attn"]["patched"] is True
+
+
 def test_change_of_resolution(monkeypatch):
     """New grids between calls re-resolve every window (fractions scale, oversize clamps)."""
     family = "flux"

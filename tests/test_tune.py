@@ -187,6 +187,35 @@ def test_choose_ranges_per_head_and_sweep():
     assert plans[-1].layers == (0, 0, 0) and plans[-1].dense_steps == 0  # threshold 0: the cheapest everywhere
 
 
+def test_choose_by_step_range_and_merged_sweep():
+    """ranges=2: each (layer, range) gets the cheapest window clearing the threshold on that range; sweep_ranges
+    keeps a plan by range only where it saves >= 5% at its threshold, and keeps the threshold falling with cost."""
+    from na_accel.quality.choose import sweep_ranges
+
+    kept = synthetic()
+    kept[1, 4:] = torch.tensor([0.95, 0.97, 0.99, 0.96])  # layer 1 gets local in the last steps
+    one = choose(kept, DENSITY, None, 0.9)
+    two = choose(kept, DENSITY, None, 0.9, ranges=2, dense_steps=one.dense_steps)
+    assert two.by_range and two.ranges == ((2, 3), (4, 5))
+    assert two.range_layers == ((0, 2, None), (0, 0, None))
+    assert [two.cell(1, s) for s in range(6)] == [None, None, 2, 2, 0, 0]
+    assert two.cost == pytest.approx(choose_ranges(kept, DENSITY, None, 0.9, one.dense_steps, 2)["cost"])
+    assert two.cost < one.cost and two.key != one.key
+    free = choose(kept, DENSITY, None, 0.9, ranges=2)  # the dense steps chosen for the ranged plan
+    assert free.cost <= two.cost
+    plans = sweep_ranges(kept, DENSITY, None, ranges=(1, 2))
+    costs = [p.cost for p in plans]
+    thresholds = [p.threshold for p in plans]
+    assert costs == sorted(costs, reverse=True) and thresholds == sorted(thresholds, reverse=True)
+    ranged = [p for p in plans if p.by_range]
+    assert ranged, "layer 1's late locality should pay for a plan by step range"
+    for p in ranged:
+        assert p.cost <= choose(kept, DENSITY, None, p.threshold).cost * 0.95
+    flat = synthetic()
+    flat[:, :2] = flat[:, 2:4]  # the same locality on every step: ranges never pay
+    assert not any(p.by_range for p in sweep_ranges(flat, DENSITY, None, ranges=(1, 2, 4)))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # YAML round trip
 # ------------------------------------------------------------------------------------------------------------
@@ -217,6 +246,37 @@ def test_plan_config_round_trip(tmp_path):
     assert big.kernel_size == (6, 20, 20)
     wrong = Choice(0.9, 2, (pick[1], pick[1], None, pick[2]), 0.5, 0.9, 0.9, 9)
     with pytest.raises(na_accel.NAAccelError, match="internal error"):
+        check_round_trip(cfg, table, wrong)
+
+
+def test_plan_config_by_step_range_round_trip(tmp_path):
+    """A plan by step range becomes layer rules with ``steps`` (the last range open-ended) that load back to the
+    same window at every sparse step."""
+    from na_accel.quality.choose import Choice
+
+    grid = (9, 16, 16)
+    ladder = Ladder(grid)
+    layers = ["transformer_blocks.0.attn", "transformer_blocks.1.attn", "single_transformer_blocks.0.attn"]
+    kept = torch.rand(len(layers), 6, len(ladder), 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    table = LocalityTable(ladder, layers, list(range(6)), kept, torch.ones(len(layers), dtype=torch.float64), [2] * 3,
+                          Layout(grid, 8))  # fmt: skip
+    a, b, c = (next(i for i, x in enumerate(ladder.candidates) if x.label == lab)
+               for lab in ("4x12x12", "3x10x10", "4x12x12/s2x8x8"))  # fmt: skip
+    plan = Choice(0.9, 1, (a, b, None), 0.5, 0.9, 0.9, 9, ranges=((1, 3), (4, 5)),
+                  range_layers=((a, b, None), (a, c, b)))  # fmt: skip
+    data = plan_config(table, plan, model_class="HunyuanVideoTransformer3DModel")
+    rules = {(r["match"], tuple(r.get("steps", ()))) for r in data["layers"]}
+    assert ("transformer_blocks.1.attn", (1, 3)) in rules and ("transformer_blocks.1.attn", (4, -1)) in rules
+    assert ("single_transformer_blocks.0.attn", (1, 3)) in rules and ("transformer_blocks.0.attn", ()) not in rules
+    path = tmp_path / "ranged.yaml"
+    path.write_text(config_yaml(data))
+    cfg = load_config(str(path))
+    check_round_trip(cfg, table, plan)
+    assert cfg.window_for("single_transformer_blocks.0.attn", 2)[1] is None
+    assert cfg.window_for("transformer_blocks.1.attn", 40)[1].resolve(grid).params == ladder.candidates[c].params(grid)
+    wrong = Choice(0.9, 1, (a, b, None), 0.5, 0.9, 0.9, 9, ranges=((1, 3), (4, 5)),
+                   range_layers=((a, b, None), (a, b, b)))  # fmt: skip
+    with pytest.raises(na_accel.NAAccelError, match="at step 4"):
         check_round_trip(cfg, table, wrong)
 
 
@@ -252,7 +312,9 @@ def test_cli_tune_end_to_end_tiny_and_round_trip(tmp_path):
         plans = {row["layer"]: row for row in handle.layer_plans()}
     assert handle.config.dense_steps == report["chosen"]["dense_steps"]
     for name, label in report["chosen"]["windows"].items():
-        row = plans[name]
+        row = plans[name]  # the windows of the last step (2)
+        if isinstance(label, list):  # a window per step range: the last range's
+            label = label[-1]
         if label is None:
             assert row["kernel_size"] is None
         else:
@@ -288,7 +350,9 @@ def test_cli_impossible_budgets_write_nothing(tmp_path):
     assert "target PSNR 900 dB is not reached by any sparse plan" in r.stderr and "Allowed: a target PSNR of at most" \
         in r.stderr  # fmt: skip
     for argv, msg in (([], "no budget given"), (["--target-psnr", "-3"], "out of range"),
-                      (["--target-speedup", "0.5"], "out of range")):  # fmt: skip
+                      (["--target-speedup", "0.5"], "out of range"),
+                      (["--target-psnr", "20", "--step-ranges", "2,4"], "--step-ranges must be comma-separated ints"),
+                      (["--target-psnr", "20", "--step-ranges", "1,x"], "that include 1")):  # fmt: skip
         r = runner.invoke(app, [*base, *argv], catch_exceptions=False)
         assert r.exit_code == 2 and msg in r.stderr
     one = tmp_path / "one.txt"

@@ -104,13 +104,12 @@ class PatchHandle:
             p.probe = probe
 
     def layer_plans(self) -> list[dict[str, Any]]:
-        """One dict per self-attention layer: transformer, layer, rule, window (for the last seen grid), reason, and
-        call counts (``sparse_calls``, ``dense_calls``, ``fallback_calls``; ``compiled_calls`` of them ran inside
-        torch.compile and are counted from the forward's plan)."""
+        """One dict per self-attention layer: transformer, layer, rule and window (for the last seen grid and step),
+        reason, and call counts (``sparse_calls``, ``dense_calls``, ``fallback_calls``; ``compiled_calls`` of them
+        ran inside torch.compile and are counted from the forward's plan)."""
         rows = []
         for p in self._patches:
             for layer in p.layers:
-                r = layer.resolved
                 rows.append({
                     "transformer": p.label,
                     "layer": layer.name,
@@ -119,7 +118,7 @@ class PatchHandle:
                     "kernel_size": None if layer.params is None else layer.params.kernel_size,
                     "stride": None if layer.params is None else layer.params.stride,
                     "dilation": None if layer.params is None else layer.params.dilation,
-                    "grid": None if r is None else r.grid,
+                    "grid": layer.grid,
                     "dense_reason": layer.reason if layer.params is None else None,
                     "sparse_calls": layer.stats.sparse,
                     "dense_calls": layer.stats.dense,

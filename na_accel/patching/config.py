@@ -19,6 +19,9 @@ initial denoising steps everything stays dense::
     layers:                         # exact module name first, then "re:" regex (first match), then "_default"
       - match: "transformer_blocks.0.attn"
         dense: true
+      - match: "re:single_transformer_blocks.*"
+        steps: [15, 29]             # only at denoising steps 15..29 (0-based, inclusive; [30, -1]: 30 to the end)
+        kernel_size: 0.5            # other steps: the next rule that matches, or the defaults
     quality: {min_psnr: 25.0, min_ssim: 0.85, max_latent_rel_l2: 0.2, min_latent_cosine: 0.97}
 
 Every error is a :class:`~na_accel.errors.ConfigError` naming the file, the key path, what is allowed and, for a
@@ -64,7 +67,7 @@ AxisValue = int | float
 _TOP_KEYS = ("version", "model", "description", "measured", "defaults", "layers", "quality")
 _WINDOW_KEYS = ("kernel_size", "stride", "dilation", "is_causal", "on_oversize", "backend")
 _DEFAULT_KEYS = _WINDOW_KEYS + ("dense_steps",)
-_RULE_KEYS = ("match", "dense") + _WINDOW_KEYS
+_RULE_KEYS = ("match", "steps", "dense") + _WINDOW_KEYS
 _QUALITY_KEYS = ("min_psnr", "min_ssim", "max_latent_rel_l2", "min_latent_cosine")
 
 
@@ -192,6 +195,7 @@ class LayerRule:
     is_causal: Any = None
     on_oversize: str | None = None
     backend: str | None = None
+    steps: tuple[int, int | None] | None = None  # (first, last) denoising steps, inclusive; last None: to the end
     index: int = 0  # position in the ``layers`` list (for messages)
 
     @property
@@ -207,12 +211,29 @@ class LayerRule:
             return re.fullmatch(self.match[3:], name) is not None
         return True
 
+    def covers(self, step: int | None) -> bool:
+        """Whether the rule applies at denoising step ``step``: a rule without ``steps`` at every step, a rule with
+        ``steps`` only at a known step inside its range."""
+        if self.steps is None:
+            return True
+        if step is None:
+            return False
+        first, last = self.steps
+        return first <= step and (last is None or step <= last)
+
+    def steps_text(self) -> str:
+        if self.steps is None:
+            return "all steps"
+        first, last = self.steps
+        return f"steps {first}-{'end' if last is None else last}"
+
     def apply(self, defaults: WindowSpec) -> WindowSpec:
         updates = {k: getattr(self, k) for k in _WINDOW_KEYS if getattr(self, k) is not None}
         return replace(defaults, **updates)
 
     def label(self) -> str:
-        return f"layers[{self.index}] (match: {self.match!r})"
+        where = "" if self.steps is None else f", {self.steps_text()}"
+        return f"layers[{self.index}] (match: {self.match!r}{where})"
 
 
 @dataclass(frozen=True)
@@ -273,27 +294,41 @@ class NAConfig:
 
     # ---- rule lookup ----------------------------------------------------------------------------------------
 
-    def rule_for(self, layer_name: str) -> LayerRule | None:
-        """The rule that applies to ``layer_name``: exact name, then first matching regex, then ``_default``."""
-        for rule in self.layers:
-            if rule.kind == "exact" and rule.match == layer_name:
-                return rule
-        for rule in self.layers:
-            if rule.kind == "regex" and rule.matches(layer_name):
-                return rule
-        for rule in self.layers:
-            if rule.kind == "default":
-                return rule
+    def rule_for(self, layer_name: str, step: int | None = None) -> LayerRule | None:
+        """The rule that applies to ``layer_name`` at denoising step ``step``: exact name, then first matching
+        regex, then ``_default``, each only where its ``steps`` cover ``step`` (a rule with ``steps`` never applies
+        when the step is unknown, None)."""
+        for kind in ("exact", "regex", "default"):
+            for rule in self.layers:
+                if rule.kind == kind and rule.matches(layer_name) and rule.covers(step):
+                    return rule
         return None
 
-    def window_for(self, layer_name: str) -> tuple[LayerRule | None, WindowSpec | None]:
-        """``(rule, window)`` for a layer; ``window`` is None when the layer stays dense by rule."""
-        rule = self.rule_for(layer_name)
+    def window_for(self, layer_name: str, step: int | None = None) -> tuple[LayerRule | None, WindowSpec | None]:
+        """``(rule, window)`` for a layer at a denoising step (see :meth:`rule_for`); ``window`` is None when the
+        layer stays dense by rule."""
+        rule = self.rule_for(layer_name, step)
         if rule is None:
             return None, self.defaults
         if rule.dense:
             return rule, None
         return rule, rule.apply(self.defaults)
+
+    def step_rules_for(self, layer_name: str) -> tuple[LayerRule, ...]:
+        """The rules with ``steps`` that match ``layer_name`` (empty: its window does not change with the step)."""
+        return tuple(r for r in self.layers if r.steps is not None and r.matches(layer_name))
+
+    def windows_for(self, layer_name: str) -> list[WindowSpec | None]:
+        """Every window ``layer_name`` can get at some step (None: dense by rule), without repeats: the window of
+        the rules without ``steps`` and that of each rule with ``steps`` that would be chosen in its range."""
+        out: list[WindowSpec | None] = []
+        probes = [None] + [r.steps[0] for r in self.step_rules_for(layer_name)]
+        probes += [r.steps[1] + 1 for r in self.step_rules_for(layer_name) if r.steps[1] is not None]
+        for step in probes:
+            _rule, window = self.window_for(layer_name, step)
+            if window not in out:
+                out.append(window)
+        return out
 
     def check_layers(self, layer_names: Sequence[str], model_name: str, other_names: Sequence[str] = ()) -> None:
         """Raise :class:`ConfigError` if a rule (other than ``_default``) matches none of ``layer_names``."""
@@ -348,6 +383,8 @@ class NAConfig:
         layers = []
         for r in self.layers:
             entry: dict[str, Any] = {"match": r.match}
+            if r.steps is not None:
+                entry["steps"] = [r.steps[0], -1 if r.steps[1] is None else r.steps[1]]
             if r.dense:
                 entry["dense"] = True
             for k in _WINDOW_KEYS:
@@ -501,6 +538,29 @@ def _window_fields(data: Mapping, source: str, path: str) -> dict:
     return out
 
 
+def _steps_field(v, source: str, path: str) -> tuple[int, int | None]:
+    allowed = ("[first, last]: denoising steps (0-based, inclusive), ints with 0 <= first <= last, or last = -1 for "
+               "'to the end'")  # fmt: skip
+    if not isinstance(v, list | tuple) or len(v) != 2:
+        raise _err(source, path, f"expected {allowed}; got {v!r}.")
+    first, last = v
+    if any(isinstance(x, bool) or not isinstance(x, int) for x in (first, last)):
+        raise _err(source, path, f"expected {allowed}; got {v!r}.")
+    if first < 0 or (last != -1 and last < first):
+        raise _err(source, path, f"expected {allowed}; got {list(v)}.")
+    return first, None if last == -1 else last
+
+
+def _overlap(a: tuple[int, int | None], b: tuple[int, int | None]) -> bool:
+    a_end = math.inf if a[1] is None else a[1]
+    b_end = math.inf if b[1] is None else b[1]
+    return a[0] <= b_end and b[0] <= a_end
+
+
+def _range_text(r: tuple[int, int | None]) -> str:
+    return f"steps [{r[0]}, {-1 if r[1] is None else r[1]}]"
+
+
 def _mapping(v, source: str, path: str) -> Mapping:
     if not isinstance(v, Mapping):
         raise _err(source, path, f"expected a mapping (key: value), got {v!r} ({_type_name(v)}).")
@@ -544,7 +604,7 @@ def config_from_dict(data: Any, source: str = "<dict>", name: str | None = None)
     if not isinstance(layers_data, list | tuple):
         raise _err(source, "layers", f"expected a list of rules (each with 'match'), got {_type_name(layers_data)}.")
     rules = []
-    seen: dict[str, int] = {}
+    seen: dict[str, list[int]] = {}
     for i, entry in enumerate(layers_data):
         path = f"layers[{i}]"
         entry = _mapping(entry, source, path)
@@ -563,9 +623,16 @@ def config_from_dict(data: Any, source: str = "<dict>", name: str | None = None)
                 re.compile(match[3:])
             except re.error as exc:
                 raise _err(source, f"{path}.match", f"invalid regular expression {match[3:]!r}: {exc}.") from None
-        if match in seen:
-            raise _err(source, f"{path}.match", f"{match!r} is already matched by layers[{seen[match]}].")
-        seen[match] = i
+        steps = _steps_field(entry["steps"], source, f"{path}.steps") if "steps" in entry else None
+        for j in seen.get(match, []):
+            other = rules[j]
+            if steps is None or other.steps is None:
+                raise _err(source, f"{path}.match", f"{match!r} is already matched by layers[{j}]. Rules for the same "
+                           "match need 'steps' with ranges that do not overlap.")  # fmt: skip
+            if _overlap(steps, other.steps):
+                raise _err(source, f"{path}.steps", f"{_range_text(steps)} overlaps {_range_text(other.steps)} of "
+                           f"layers[{j}] (same match {match!r}). Allowed: ranges that do not overlap.")  # fmt: skip
+        seen.setdefault(match, []).append(i)
         dense = entry.get("dense", False)
         if not isinstance(dense, bool):
             raise _err(source, f"{path}.dense", f"expected true or false, got {dense!r}.")
@@ -577,7 +644,7 @@ def config_from_dict(data: Any, source: str = "<dict>", name: str | None = None)
                 f"a rule with 'dense: true' takes no window settings (got {', '.join(fields)}); remove them or "
                 "set 'dense: false'.",
             )
-        rule = LayerRule(match=match, dense=dense, index=i, **fields)
+        rule = LayerRule(match=match, dense=dense, steps=steps, index=i, **fields)
         if not dense:
             eff = rule.apply(defaults)
             _check_stride_le_kernel(eff.kernel_size, eff.stride, source, path)

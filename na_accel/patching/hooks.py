@@ -86,8 +86,9 @@ class TransformerPatch:
         config.check_layers(names, adapter.model_class, self.other_attention)
         for name, module in candidates:
             rule, window = config.window_for(name)
+            by_step = bool(config.step_rules_for(name))  # rules with `steps`: the window is chosen every step
             static_reason = None
-            if window is None:
+            if window is None and not by_step:
                 static_reason = f"rule '{rule.match}' says dense: true"
             proc = module.processor
             proc_cls = type(proc)
@@ -103,7 +104,7 @@ class TransformerPatch:
                 calls_dispatch = code is not None and DISPATCH_NAME in code.co_names
                 if mod is None or not hasattr(mod, DISPATCH_NAME) or not calls_dispatch:
                     static_reason = f"processor {proc_cls.__name__} does not call {DISPATCH_NAME}"
-            layer = LayerPatch(self, name, module, rule, window, static_reason)
+            layer = LayerPatch(self, name, module, rule, window, static_reason, by_step=by_step)
             layer.module_name = module_name
             self.layers.append(layer)
 
@@ -169,7 +170,7 @@ class TransformerPatch:
             layout = None
         else:
             for layer in self.layers:
-                layer.prepare(layout.grid)
+                layer.prepare(layout.grid, step)
             if dense_steps > 0 and step is None:
                 dense_reason = "no timestep argument: the denoising step is unknown"
             elif step is not None and step < dense_steps:
@@ -207,11 +208,16 @@ class TransformerPatch:
         width = max(len(layer.name) for layer in self.layers)
         for layer in self.layers:
             rule = "(defaults)" if layer.rule is None else f"'{layer.rule.match}'"
+            if layer.rule is not None and layer.rule.steps is not None:
+                rule += f" ({layer.rule.steps_text()})"
             if layer.static_reason is not None:
                 lines.append(f"  {layer.name:<{width}}  dense: {layer.static_reason}")
                 continue
-            configured = layer.window.describe()
-            if layer.resolved is None:
+            configured = "dense: true" if layer.window is None else layer.window.describe()
+            if layer.by_step:
+                n_rules = len(self.config.step_rules_for(layer.name))
+                configured += f" (at the last step seen; {n_rules} rule(s) by step)"
+            if layer.resolved is None and layer.window is not None:
                 now = "not resolved yet (no grid seen)"
             elif layer.params is None:
                 now = f"dense: {layer.reason}"

@@ -151,18 +151,22 @@ class LayerPatch:
     """One planned attention module: its rule, its window for the current grid, and its wrapper."""
 
     def __init__(self, owner: TransformerPatch, name: str, module, rule: LayerRule | None, window: WindowSpec | None,
-                 static_reason: str | None) -> None:  # fmt: skip
+                 static_reason: str | None, by_step: bool = False) -> None:  # fmt: skip
         self.owner = owner
         self.name = name
         self.module = module
-        self.rule = rule
+        self.rule = rule  # the rule in force (at the current step when by_step)
         self.window = window  # None: dense by rule (or not patchable)
+        #: rules with ``steps`` match this layer: :meth:`prepare` picks the rule and window for each step
+        self.by_step = by_step
+        self._step_choice: dict[int | None, tuple[LayerRule | None, WindowSpec | None]] = {}
         self.static_reason = static_reason  # why this layer is never patched (None if it is)
         self.original = None  # the original processor object while patched
         self.wrapper = None
         self.module_name: str | None = None  # module whose dispatch_attention_fn the processor calls
-        self._resolved: dict[tuple[int, ...], ResolvedWindow] = {}
-        self.resolved: ResolvedWindow | None = None  # for the last seen grid
+        self._resolved: dict[tuple[WindowSpec, tuple[int, ...]], ResolvedWindow] = {}
+        self.resolved: ResolvedWindow | None = None  # for the last seen grid (None: dense by rule at this step)
+        self.grid: tuple[int, ...] | None = None  # the last seen token grid
         self.params: GNAParams | None = None  # GNA params for the current grid; None: dense
         self.reason: str | None = static_reason  # why params is None
         self.stats = LayerStats()
@@ -190,14 +194,27 @@ class LayerPatch:
 
     # ---- planning (eager, in the pre-hook) --------------------------------------------------------------------
 
-    def prepare(self, grid: tuple[int, ...]) -> None:
+    def prepare(self, grid: tuple[int, ...], step: int | None = None) -> None:
+        """Resolve the window for this forward's token ``grid`` (and, for a layer with rules by step, choose the
+        rule in force at denoising ``step``)."""
         if self.static_reason is not None:
             return
-        resolved = self._resolved.get(grid)
+        self.grid = grid
+        if self.by_step:
+            choice = self._step_choice.get(step)
+            if choice is None:
+                choice = self._step_choice[step] = self.owner.config.window_for(self.name, step)
+            self.rule, self.window = choice
+            if self.window is None:
+                self.resolved = None
+                self.params = None
+                self.reason = f"rule '{self.rule.match}' says dense: true at {self.rule.steps_text()}"
+                return
+        resolved = self._resolved.get((self.window, grid))
         if resolved is None:
             where = f"{self.owner.config.source}: layer {self.name!r}"
             resolved = self.window.resolve(grid, where=where)
-            self._resolved[grid] = resolved
+            self._resolved[(self.window, grid)] = resolved
             for note in resolved.notes:
                 logger.debug("na_accel: %s: %s", where, note)
         self.resolved = resolved

@@ -10,9 +10,11 @@ the attention FLOPs of the whole generation (``n`` steps dense for every layer p
 others; ties: the higher predicted kept mass). That is the shape a config can express: one ``dense_steps`` for the
 pipeline and one window (or ``dense: true``) per layer.
 
-:func:`choose_ranges` is the same choice made separately on several step ranges (what per-step-range windows would
-give); :func:`choose_per_head` the same per head (what per-head windows would give). The tuner reports both as what
-they would save; the config schema expresses neither.
+With ``ranges=R > 1`` the sparse steps after the dense ones are cut into ``R`` contiguous ranges of (nearly) equal
+length and each (layer, range) gets its own cheapest candidate clearing the threshold on that range: per-step-range
+windows, which a config expresses as layer rules with ``steps``. :func:`choose_ranges` reports that choice at a fixed
+number of dense steps; :func:`choose_per_head` the same choice per head (what per-head windows would give; the
+config schema does not express it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Choice", "choose", "choose_per_head", "choose_ranges", "threshold_grid"]
+__all__ = ["Choice", "choose", "choose_per_head", "choose_ranges", "sweep", "sweep_ranges", "threshold_grid"]
 
 #: Thresholds the tuner tries: coarse where kept mass is rarely that low, then every 0.0025 up to 0.9975, and 0.999
 #: (fine steps give plans close to any FLOP budget).
@@ -45,12 +47,16 @@ class Choice:
 
     threshold: float
     dense_steps: int
-    layers: tuple[int | None, ...]
+    layers: tuple[int | None, ...]  # per layer (for a plan by step range: on its first range)
     cost: float
     predicted_kept: float
     lowest_kept: float
     sparse_cells: int
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: a plan by step range: the sparse steps cut into ``(first, last)`` ranges (inclusive) and, per range, the
+    #: candidate of every layer; empty for one window per layer over all sparse steps
+    ranges: tuple[tuple[int, int], ...] = ()
+    range_layers: tuple[tuple[int | None, ...], ...] = ()
 
     @property
     def speedup(self) -> float:
@@ -64,7 +70,30 @@ class Choice:
     @property
     def key(self) -> tuple:
         """What the config expresses: equal keys give equal configs."""
+        if self.by_range:
+            return (self.dense_steps, self.ranges, self.range_layers)
         return (self.dense_steps, self.layers)
+
+    @property
+    def by_range(self) -> bool:
+        """True when some layer's window changes between step ranges."""
+        return len(set(self.range_layers)) > 1
+
+    def cell(self, layer: int, step: int) -> int | None:
+        """The candidate of ``layer`` at denoising ``step`` (None: dense, a dense step or a dense layer)."""
+        if step < self.dense_steps:
+            return None
+        for (first, last), row in zip(self.ranges, self.range_layers, strict=True):
+            if first <= step <= last:
+                return row[layer]
+        return self.layers[layer]
+
+    def segments(self, n_steps: int) -> list[tuple[int, int, tuple[int | None, ...]]]:
+        """``(first, last, per-layer candidates)`` for the sparse steps of a generation of ``n_steps`` steps: one
+        segment for a plan with one window per layer, one per range otherwise."""
+        if self.by_range:
+            return [(a, b, row) for (a, b), row in zip(self.ranges, self.range_layers, strict=True)]
+        return [(self.dense_steps, n_steps - 1, self.layers)]
 
 
 def _prepare(kept: torch.Tensor, density: torch.Tensor, flops: torch.Tensor | None
@@ -121,7 +150,7 @@ def _pick(smin: torch.Tensor, smean: torch.Tensor, density: torch.Tensor, tau: f
 
 
 def choose(kept: torch.Tensor, density: torch.Tensor, flops: torch.Tensor | None, threshold: float, *,
-           max_dense_steps: int | None = None, dense_steps: int | None = None) -> Choice:  # fmt: skip
+           max_dense_steps: int | None = None, dense_steps: int | None = None, ranges: int = 1) -> Choice:  # fmt: skip
     """The plan for one threshold (see the module docstring).
 
     Args:
@@ -131,9 +160,74 @@ def choose(kept: torch.Tensor, density: torch.Tensor, flops: torch.Tensor | None
         threshold: the kept mass every sparse (layer, step) cell must reach.
         max_dense_steps: most dense first steps considered (default: all but one step).
         dense_steps: use exactly this many dense steps instead of the cheapest number.
+        ranges: cut the sparse steps into this many ranges, each with its own window per layer (1: one window).
     """
     kept, density, flops = _prepare(kept, density, flops)
+    if ranges > 1:
+        return _choose_ranged(kept, _RangeStats(kept, ranges), density, flops, threshold, max_dense_steps,
+                              dense_steps)  # fmt: skip
     return _choose(kept.shape, _suffix_stats(kept), density, flops, threshold, max_dense_steps, dense_steps)
+
+
+class _RangeStats:
+    """Per number of dense steps ``n``: the sparse steps cut into ``ranges`` ranges and, per range, the min and mean
+    kept mass over its observed steps (``[L, C]``; min +inf and mean 1 where a range has none). Independent of the
+    threshold: computed once per ``n`` and reused by every threshold of a sweep."""
+
+    def __init__(self, kept: torch.Tensor, ranges: int) -> None:
+        self.kept, self.ranges = kept, int(ranges)
+        self._cache: dict[int, list[tuple[int, int, torch.Tensor, torch.Tensor]]] = {}
+
+    def bounds(self, n: int) -> list[int]:
+        sparse = self.kept.shape[1] - n
+        r = max(1, min(self.ranges, sparse))
+        return [n + round(i * sparse / r) for i in range(r + 1)]
+
+    def at(self, n: int) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        if n not in self._cache:
+            b = self.bounds(n)
+            rows = []
+            for a, e in zip(b[:-1], b[1:], strict=True):
+                smin, smean, _ = _suffix_stats(self.kept[:, a:e])
+                rows.append((a, e, smin[:, 0], smean[:, 0]))
+            self._cache[n] = rows
+        return self._cache[n]
+
+
+def _choose_ranged(kept: torch.Tensor, stats: _RangeStats, density: torch.Tensor, flops: torch.Tensor,
+                   threshold: float, max_dense_steps: int | None, dense_steps: int | None) -> Choice:  # fmt: skip
+    """:func:`_choose` with a window per (layer, step range): every number of dense steps is tried with its own
+    ranges; the cheapest total (ties: the higher predicted kept mass) wins."""
+    n_layers, n_steps, _ = kept.shape
+    cells = n_layers * n_steps
+    total = float(flops.sum()) * n_steps
+    limit = n_steps - 1 if max_dense_steps is None else max(0, min(int(max_dense_steps), n_steps - 1))
+    if dense_steps is not None:
+        if not 0 <= dense_steps < n_steps:
+            raise ValueError(f"dense_steps must be between 0 and {n_steps - 1} with ranges, got {dense_steps}")
+        starts = [int(dense_steps)]
+    else:
+        starts = list(range(limit + 1))
+    best = None
+    for n in starts:
+        cost, lost, lowest, sparse_cells = float(flops.sum()) * n, 0.0, 1.0, 0
+        ranges, rows = [], []
+        for a, e, smin, smean in stats.at(n):
+            idx, dens, mn, mean = _pick(smin, smean, density, threshold)  # [L]
+            width = e - a
+            cost += float((flops * dens).sum()) * width
+            sparse = idx >= 0
+            lost += float(((1.0 - mean) * sparse).sum()) * width
+            if bool(sparse.any()):
+                lowest = min(lowest, float(mn[sparse].min()))
+            sparse_cells += int(sparse.sum()) * width
+            ranges.append((a, e - 1))
+            rows.append(tuple(None if int(i) < 0 else int(i) for i in idx))
+        key = (round(cost / total, 12), lost / cells, n)
+        if best is None or key < best[0]:
+            best = (key, Choice(float(threshold), n, rows[0], cost / total, 1.0 - lost / cells, lowest, sparse_cells,
+                                ranges=tuple(ranges), range_layers=tuple(rows)))  # fmt: skip
+    return best[1]
 
 
 def _choose(shape: tuple[int, ...], stats: tuple[torch.Tensor, ...], density: torch.Tensor, flops: torch.Tensor,
@@ -213,14 +307,44 @@ def choose_per_head(kept_heads: torch.Tensor, density: torch.Tensor, flops: torc
 
 
 def sweep(kept: torch.Tensor, density: torch.Tensor, flops: torch.Tensor | None,
-          thresholds: Sequence[float] | None = None, **kwargs: Any) -> list[Choice]:  # fmt: skip
+          thresholds: Sequence[float] | None = None, *, ranges: int = 1, **kwargs: Any) -> list[Choice]:  # fmt: skip
     """:func:`choose` for every threshold (default :func:`threshold_grid`; ``kwargs``: ``max_dense_steps``,
-    ``dense_steps``), distinct plans only (the one with the highest threshold kept), ordered from the most expensive
-    to the cheapest."""
+    ``dense_steps``; ``ranges`` as in :func:`choose`), distinct plans only (the one with the highest threshold kept),
+    ordered from the most expensive to the cheapest."""
     kept, density, flops = _prepare(kept, density, flops)
-    stats = _suffix_stats(kept)
+    stats = _suffix_stats(kept) if ranges <= 1 else _RangeStats(kept, ranges)
     out: dict[tuple, Choice] = {}
     for tau in sorted(thresholds if thresholds is not None else threshold_grid()):
-        c = _choose(kept.shape, stats, density, flops, tau, kwargs.get("max_dense_steps"), kwargs.get("dense_steps"))
+        md, ds = kwargs.get("max_dense_steps"), kwargs.get("dense_steps")
+        if ranges <= 1:
+            c = _choose(kept.shape, stats, density, flops, tau, md, ds)
+        else:
+            c = _choose_ranged(kept, stats, density, flops, tau, md, ds)
         out[c.key] = c  # ascending thresholds: a later (higher) threshold with the same plan replaces it
     return sorted(out.values(), key=lambda c: (-c.cost, -c.predicted_kept))
+
+
+def sweep_ranges(kept: torch.Tensor, density: torch.Tensor, flops: torch.Tensor | None,
+                 thresholds: Sequence[float] | None = None, *, ranges: Sequence[int] = (1, 2, 4),
+                 min_saving: float = 0.05, **kwargs: Any) -> list[Choice]:  # fmt: skip
+    """The plans of :func:`sweep` for each number of step ranges in ``ranges``, merged: a plan by step range is
+    kept only where it pays, with at least ``min_saving`` fewer attention FLOPs than one window per layer at the same
+    threshold; then only plans no other plan beats (another at most as expensive with at least as high a
+    threshold), ordered from the most expensive to the cheapest (so the threshold falls with the cost)."""
+    kept, density, flops = _prepare(kept, density, flops)
+    plans = sweep(kept, density, flops, thresholds, ranges=1, **kwargs)
+    stats = _suffix_stats(kept)
+    md, ds = kwargs.get("max_dense_steps"), kwargs.get("dense_steps")
+    for r in sorted({int(r) for r in ranges if int(r) > 1}):
+        for p in sweep(kept, density, flops, thresholds, ranges=r, **kwargs):
+            if not p.by_range:
+                continue
+            base = _choose(kept.shape, stats, density, flops, p.threshold, md, ds)
+            if p.cost <= base.cost * (1.0 - min_saving):
+                plans.append(p)
+    plans.sort(key=lambda c: (c.cost, -c.threshold, -c.predicted_kept, len(c.ranges)))
+    front: list[Choice] = []
+    for p in plans:  # ascending cost: keep a plan only if its threshold beats every cheaper one
+        if not front or p.threshold > front[-1].threshold:
+            front.append(p)
+    return front[::-1]

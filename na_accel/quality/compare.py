@@ -261,11 +261,10 @@ def coverage_notes(handle: PatchHandle, config: NAConfig, steps: int, comparison
     for r in handle.layer_plans():
         if not r["patched"] or not r["grid"]:
             continue
-        _rule, window = config.window_for(r["layer"])
-        if window is None:  # dense by rule
-            continue
         grid = tuple(r["grid"])
-        covering.append(window.resolve(grid).params.is_dense)
+        for window in config.windows_for(r["layer"]):  # every window the layer gets at some step
+            if window is not None:  # None: dense by rule
+                covering.append(window.resolve(grid).params.is_dense)
     if covering and all(covering):
         notes.append(
             f"every window covers the whole token grid {grid} at this size (clamped): attention is effectively "

@@ -287,7 +287,8 @@ class LocalityTable:
     def to_dict(self, windows: dict[str, int | None] | None = None, digits: int = 4) -> dict[str, Any]:
         """JSON-ready and compact (a real model has millions of (layer, step, window, head) values): layers, steps,
         candidates (kernel, stride, density), ``kept_mean_over_steps`` (``[layer][candidate]``, head mean) and, for
-        ``windows`` (layer -> candidate index), ``kept_chosen`` (``[step][head]`` per layer). Rounded to ``digits``,
+        ``windows`` (layer -> candidate index, or a list of one candidate or None per step), ``kept_chosen``
+        (``[step][head]`` per layer, None at a dense step of a per-step list). Rounded to ``digits``,
         NaN as None. The whole table is :attr:`kept`."""
 
         def r(v: float) -> float | None:
@@ -298,8 +299,11 @@ class LocalityTable:
         chosen = {}
         for li, name in enumerate(self.layers):
             c = (windows or {}).get(name)
-            if c is not None:
+            if isinstance(c, int):
                 chosen[name] = [[r(v) for v in row] for row in self.kept[li, :, c].tolist()]
+            elif c is not None:  # one candidate (or None: dense) per step
+                chosen[name] = [None if cs is None else [r(v) for v in self.kept[li, s, cs].tolist()]
+                                for s, cs in enumerate(c)]  # fmt: skip
         return {"layers": self.layers, "steps": self.steps, "heads": self.heads, "flops": self.flops.tolist(),
                 "layout": {"grid": list(self.layout.grid), "num_text": self.layout.num_text},
                 "candidates": [c.to_dict() for c in self.ladder.candidates],

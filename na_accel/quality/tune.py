@@ -6,10 +6,13 @@ Steps (:func:`tune`):
    patched by a window covering the grid (so the attention calls run their original dense path) and a
    :class:`.ladder.LadderProbe` attached: per (layer, denoising step, head) the kept softmax mass of every candidate
    of the ladder, exactly, on sampled query tiles. These dense runs are also the references.
-2. **Choose.** For every threshold of a grid (:func:`.choose.sweep`): per layer the cheapest candidate clearing the
-   threshold on every sparse step, and the number of dense first steps that minimises the attention FLOPs. Cost
-   model: attention FLOPs over the token grid (``density`` of each window; text tokens excluded, as in the README's
-   FLOP bound); no measured kernel speed table exists for arbitrary windows, so none is used.
+2. **Choose.** For every threshold of a grid (:func:`.choose.sweep_ranges`): per layer the cheapest candidate
+   clearing the threshold on every sparse step, and the number of dense first steps that minimises the attention
+   FLOPs; also the same choice per step range (the sparse steps cut into 2 or 4 ranges, a window per layer and
+   range: layer rules with ``steps`` in the config), kept where it saves at least 5% of the FLOPs at the same
+   threshold, and of all these plans the ones no cheaper plan beats on threshold. Cost model: attention FLOPs over
+   the token grid (``density`` of each window; text tokens excluded, as in the README's FLOP bound); no measured
+   kernel speed table exists for arbitrary windows, so none is used.
 3. **Validate.** Full generations of the fit prompts with a chosen config against the dense references (PSNR, SSIM,
    latent error; prompt adherence with :mod:`na_accel.tiny.detect` on the embedded model). ``target_psnr``: a search
    over the distinct plans, ordered by FLOPs, for the cheapest one whose mean PSNR over the fit prompts reaches the
@@ -47,7 +50,7 @@ from ..errors import InputError, NAAccelError
 from ..patching.api import is_patched, patched
 from ..patching.config import NAConfig, config_from_dict
 from ..patching.families import adapter_for
-from .choose import Choice, choose_per_head, choose_ranges, sweep, threshold_grid
+from .choose import Choice, choose_per_head, choose_ranges, sweep_ranges, threshold_grid
 from .environment import versions
 from .ladder import DEFAULT_FRACTIONS, STRIDE_KINDS, Ladder, LadderProbe, LocalityTable
 from .metrics import latent_metrics, psnr, ssim
@@ -60,6 +63,7 @@ __all__ = [
     "generate_clips",
     "max_speedup",
     "plan_config",
+    "plan_dict",
     "profile",
     "score_clips",
     "summarize_scores",
@@ -343,11 +347,14 @@ def _window_fields(candidate: Any, grid: Sequence[int]) -> dict[str, Any]:
 def plan_config(table: LocalityTable, plan: Choice, *, model_class: str | None, description: str = "",
                 measured: str = "unmeasured", quality: dict[str, float] | None = None,
                 on_oversize: str = "clamp") -> dict[str, Any]:  # fmt: skip
-    """The config (YAML schema, as a dict) of a plan: the most common window as the default, an exact-name rule
-    for every layer with another window or dense."""
+    """The config (YAML schema, as a dict) of a plan: the most common window (over layers and sparse steps) as the
+    default, an exact-name rule for every layer with another window or dense, and for a layer whose window changes
+    between step ranges one rule per range (``steps``; the last range runs to the end)."""
     ladder, grid = table.ladder, table.ladder.grid
-    sparse = [c for c in plan.layers if c is not None]
-    common = Counter(sparse).most_common(1)[0][0] if sparse else None
+    n_steps = len(table.steps)
+    segments = plan.segments(n_steps)
+    cells = Counter(c for a, b, row in segments for c in row for _ in range(b - a + 1) if c is not None)
+    common = cells.most_common(1)[0][0] if cells else None
     defaults: dict[str, Any] = {}
     if common is not None:
         defaults.update(_window_fields(ladder.candidates[common], grid))
@@ -356,11 +363,20 @@ def plan_config(table: LocalityTable, plan: Choice, *, model_class: str | None, 
     defaults.update({"dilation": 1, "dense_steps": int(plan.dense_steps), "on_oversize": on_oversize,
                      "backend": "auto"})  # fmt: skip
     layers = []
-    for name, c in zip(table.layers, plan.layers, strict=True):
-        if c is None:
-            layers.append({"match": name, "dense": True})
-        elif c != common:
-            layers.append({"match": name, **_window_fields(ladder.candidates[c], grid)})
+    for li, name in enumerate(table.layers):
+        per_range = [row[li] for _a, _b, row in segments]
+        if len(set(per_range)) == 1:  # one window over every sparse step: one rule (none for the default window)
+            c = per_range[0]
+            if c is None:
+                layers.append({"match": name, "dense": True})
+            elif c != common:
+                layers.append({"match": name, **_window_fields(ladder.candidates[c], grid)})
+            continue
+        for k, (a, b, row) in enumerate(segments):  # a rule per step range; the last one runs to the end
+            steps = [int(a), -1 if k == len(segments) - 1 else int(b)]
+            c = row[li]
+            window = {"dense": True} if c is None else _window_fields(ladder.candidates[c], grid)
+            layers.append({"match": name, "steps": steps, **window})
     out: dict[str, Any] = {"version": 1}
     if model_class:
         out["model"] = model_class
@@ -381,13 +397,15 @@ def config_yaml(data: dict[str, Any], header: Sequence[str] = ()) -> str:
 def check_round_trip(config: NAConfig, table: LocalityTable, plan: Choice) -> None:
     """Raise :class:`NAAccelError` unless ``config`` resolves, on the profiled grid, to exactly the plan's windows."""
     grid = table.ladder.grid
-    for name, c in zip(table.layers, plan.layers, strict=True):
-        _rule, window = config.window_for(name)
-        got = None if window is None else window.resolve(grid).params
-        want = None if c is None else table.ladder.candidates[c].params(grid)
-        if (got is None) != (want is None) or (got is not None and got != want):
-            raise NAAccelError(f"internal error: the tuned config gives layer {name} {got}, but the plan chose "
-                               f"{want}")  # fmt: skip
+    for li, name in enumerate(table.layers):
+        for step in range(plan.dense_steps, len(table.steps)):
+            _rule, window = config.window_for(name, step)
+            got = None if window is None else window.resolve(grid).params
+            c = plan.cell(li, step)
+            want = None if c is None else table.ladder.candidates[c].params(grid)
+            if (got is None) != (want is None) or (got is not None and got != want):
+                raise NAAccelError(f"internal error: the tuned config gives layer {name} at step {step} {got}, but "
+                                   f"the plan chose {want}")  # fmt: skip
     if config.dense_steps != plan.dense_steps:
         raise NAAccelError(f"internal error: dense_steps {config.dense_steps} != planned {plan.dense_steps}")
 
@@ -561,6 +579,7 @@ def tune(
     thresholds: Sequence[float] | None = None,
     max_validations: int = 6,
     dense_steps: int | None = None,
+    step_ranges: Sequence[int] = (1, 2, 4),
     batch_size: int = 4,
     progress: bool = True,
     model_label: str | None = None,
@@ -586,6 +605,8 @@ def tune(
         max_validations: most fit-prompt validations of the PSNR search (over the plans, ordered by FLOPs).
         dense_steps: run exactly this many first steps dense (default: the number the chooser finds cheapest, which
             only counts locality; early steps can matter more than their locality says, bench/NOTES.md).
+        step_ranges: the numbers of step ranges tried (1: one window per layer over all sparse steps; 2, 4: the
+            sparse steps cut into that many ranges, a window per layer and range, where it saves at least 5%).
         batch_size: prompts per pipeline call.
         progress: show a progress bar (denoising steps of every clip generated).
         **gen_kwargs: pipeline call arguments (height, width, num_frames, num_inference_steps, guidance, ...).
@@ -606,6 +627,10 @@ def tune(
         raise InputError(f"scenes must have one entry per prompt ({len(prompts)}), got {len(scenes)}")
     if max_validations < 1 or batch_size < 1:
         raise InputError(f"max_validations and batch_size must be >= 1, got {max_validations} and {batch_size}")
+    bad = [r for r in step_ranges if isinstance(r, bool) or not isinstance(r, int) or r < 1]
+    if bad or 1 not in step_ranges:
+        raise InputError(f"step_ranges must be ints >= 1 that include 1 (one window per layer), got "
+                         f"{list(step_ranges)}")  # fmt: skip
     steps = _steps(pipe, gen_kwargs)
     if dense_steps is not None and (isinstance(dense_steps, bool) or not isinstance(dense_steps, int)
                                     or not 0 <= dense_steps < steps):  # fmt: skip
@@ -650,8 +675,8 @@ def tune(
 
         # 2. plans for every threshold
         kept = table.head_mean()
-        plans = [p for p in sweep(kept, ladder.densities, table.flops, thresholds, dense_steps=dense_steps)
-                 if not p.is_dense]  # fmt: skip
+        plans = [p for p in sweep_ranges(kept, ladder.densities, table.flops, thresholds, ranges=step_ranges,
+                                         dense_steps=dense_steps) if not p.is_dense]  # fmt: skip
         if not plans:
             raise InputError("no threshold gives a sparse plan: every layer's attention keeps too little mass in "
                              "every window of the ladder. Try a finer ladder (fractions) or more steps.")  # fmt: skip
@@ -692,8 +717,9 @@ def tune(
             rows = score_clips(dense_fit, clips, fit_idx, detector)
             summ = summarize_scores(rows)
             entry = {"threshold": plan.threshold, "dense_steps": plan.dense_steps, "speedup": plan.speedup,
-                     "predicted_kept": plan.predicted_kept, "lowest_kept": plan.lowest_kept, "fit": summ,
-                     "clips": rows, "seconds": clips.seconds, "attention_calls": calls}  # fmt: skip
+                     "step_ranges": len(plan.ranges) if plan.by_range else 1, "predicted_kept": plan.predicted_kept,
+                     "lowest_kept": plan.lowest_kept, "fit": summ, "clips": rows, "seconds": clips.seconds,
+                     "attention_calls": calls}  # fmt: skip
             if calls["sparse"] == 0:
                 raise NAAccelError(f"internal error: the plan for threshold {plan.threshold:g} made no sparse "
                                    "attention call")  # fmt: skip
@@ -753,7 +779,7 @@ def tune(
     # 6. analyses and the report
     density = ladder.densities
     ranges = {str(r): choose_ranges(kept, density, table.flops, chosen.threshold, chosen.dense_steps, r)
-              for r in (2, 4) if steps - chosen.dense_steps >= r}  # fmt: skip
+              for r in (1, 2, 4) if steps - chosen.dense_steps >= r}  # fmt: skip
     per_head = choose_per_head(table.kept, density, table.flops, chosen.threshold, chosen.dense_steps)
     head_curve = _head_tradeoff(table, chosen.dense_steps, thresholds)
     fit_summary = chosen_entry["fit"]
@@ -767,8 +793,9 @@ def tune(
     measured = _measured_text(label, size, steps, chosen, fit_summary, hold_summary, n_fit, len(hold_idx), env,
                               dense_clip_s, tuned_clip_s, target_psnr, target_speedup)  # fmt: skip
     quality = _quality_section(fit_summary, target_psnr)
-    description = (f"tuned by na-accel tune for {label} at {size}: {chosen.dense_steps} dense steps, per-layer "
-                   f"windows (threshold {chosen.threshold:g} of kept attention), {chosen.speedup:.2f}x attention "
+    per = f"per-layer windows in {len(chosen.ranges)} step ranges" if chosen.by_range else "per-layer windows"
+    description = (f"tuned by na-accel tune for {label} at {size}: {chosen.dense_steps} dense steps, {per} "
+                   f"(threshold {chosen.threshold:g} of kept attention), {chosen.speedup:.2f}x attention "
                    "FLOPs")  # fmt: skip
     cfg_dict = plan_config(table, chosen, model_class=model_class, description=description, measured=measured,
                            quality=quality)  # fmt: skip
@@ -809,7 +836,7 @@ def tune(
                 table.probe_seconds, dense_fit.seconds, n_fit, steps, batch_size
             ),
         },  # fmt: skip
-        "chosen": _plan_dict(chosen, table),
+        "chosen": plan_dict(chosen, table),
         "fit": fit_summary,
         "fit_clips": chosen_entry["clips"],
         "held_out": hold_summary,
@@ -826,6 +853,7 @@ def tune(
             {
                 "threshold": p.threshold,
                 "dense_steps": p.dense_steps,
+                "step_ranges": len(p.ranges) if p.by_range else 1,
                 "speedup": p.speedup,
                 "predicted_kept": p.predicted_kept,
                 "lowest_kept": p.lowest_kept,
@@ -834,14 +862,16 @@ def tune(
         ],  # fmt: skip
         "layers": _layer_rows(table, chosen),
         "step_ranges": {
-            "one_range_speedup": chosen.speedup,
+            "chosen_ranges": [list(r) for r in chosen.ranges] if chosen.by_range else None,
+            "one_range_speedup": 1.0 / ranges["1"]["cost"],
             **{
                 k: {
                     "ranges": v["ranges"],
                     "speedup": 1.0 / v["cost"],
-                    "saving_vs_one_range": 1.0 - v["cost"] / chosen.cost,
+                    "saving_vs_one_range": 1.0 - v["cost"] / ranges["1"]["cost"],
                 }
                 for k, v in ranges.items()
+                if k != "1"
             },
         },
         "heads": {
@@ -850,7 +880,7 @@ def tune(
             "tradeoff": head_curve,
         },  # fmt: skip
         "config": cfg_dict,
-        "locality": table.to_dict(dict(zip(table.layers, chosen.layers, strict=True))),
+        "locality": table.to_dict(_cells_by_layer(table, chosen)),
     }
     report["heads"]["verdict"] = _head_verdict(report["heads"])
     report["step_ranges"]["verdict"] = _range_verdict(report["step_ranges"])
@@ -965,26 +995,53 @@ def _quality_section(fit: dict[str, Any], target_psnr: float | None) -> dict[str
     return q
 
 
-def _plan_dict(plan: Choice, table: LocalityTable) -> dict[str, Any]:
+def _cells_by_layer(table: LocalityTable, plan: Choice) -> dict[str, list[int | None] | None]:
+    """Per layer its candidate at each profiled step (None for a layer dense at every step)."""
+    out: dict[str, list[int | None] | None] = {}
+    for li, name in enumerate(table.layers):
+        cells = [plan.cell(li, s) for s in table.steps]
+        out[name] = cells if any(c is not None for c in cells) else None
+    return out
+
+
+def plan_dict(plan: Choice, table: LocalityTable) -> dict[str, Any]:
+    """The plan for the report: ``windows`` maps each layer to its window's label (None: dense) or, for a layer
+    whose window changes between step ranges, to one label (or None) per range of ``ranges``."""
     cands = table.ladder.candidates
+    segments = plan.segments(len(table.steps))
+    windows: dict[str, Any] = {}
+    for li, name in enumerate(table.layers):
+        labels = [None if row[li] is None else cands[row[li]].label for _a, _b, row in segments]
+        windows[name] = labels[0] if len(set(labels)) == 1 else labels
     return {"threshold": plan.threshold, "dense_steps": plan.dense_steps, "speedup": plan.speedup,
             "cost": plan.cost, "predicted_kept": plan.predicted_kept, "lowest_kept": plan.lowest_kept,
-            "windows": {name: None if c is None else cands[c].label
-                        for name, c in zip(table.layers, plan.layers, strict=True)}}  # fmt: skip
+            "ranges": [[int(a), int(b)] for a, b, _row in segments], "windows": windows}  # fmt: skip
 
 
 def _layer_rows(table: LocalityTable, plan: Choice) -> list[dict[str, Any]]:
+    """Per layer: its window (one, or ``steps a-b: window`` per step range), the FLOP density (mean over the
+    sparse steps) and the kept mass of the chosen window per sparse step (min, mean, per head)."""
     hm = table.head_mean()
+    cands = table.ladder.candidates
     rows = []
-    for li, (name, c) in enumerate(zip(table.layers, plan.layers, strict=True)):
+    n_steps = len(table.steps)
+    for li, name in enumerate(table.layers):
         row: dict[str, Any] = {"layer": name, "window": None, "density": 1.0}
-        if c is not None:
-            cand = table.ladder.candidates[c]
-            sparse = hm[li, plan.dense_steps :, c]
-            heads = table.kept[li, plan.dense_steps :, c]  # [S', H]
-            seen = sparse[~sparse.isnan()]
-            row.update(window=cand.label, kernel_size=list(cand.kernel_size), stride=list(cand.stride),
-                       density=cand.density, kept_min=float(seen.min()) if seen.numel() else None,
+        cells = [(s, plan.cell(li, s)) for s in range(plan.dense_steps, n_steps)]
+        sparse = [(s, c) for s, c in cells if c is not None]
+        if sparse:
+            picks = [c for _s, c in cells]
+            if len(set(picks)) == 1:
+                cand = cands[picks[0]]
+                row.update(window=cand.label, kernel_size=list(cand.kernel_size), stride=list(cand.stride))
+            else:
+                row["window"] = "; ".join(f"steps {a}-{b}: {'dense' if r[li] is None else cands[r[li]].label}"
+                                          for a, b, r in plan.segments(n_steps))  # fmt: skip
+            vals = torch.stack([hm[li, s, c] for s, c in sparse])
+            heads = torch.stack([table.kept[li, s, c] for s, c in sparse])  # [S', H]
+            seen = vals[~vals.isnan()]
+            row.update(density=sum(1.0 if c is None else cands[c].density for _s, c in cells) / len(cells),
+                       kept_min=float(seen.min()) if seen.numel() else None,
                        kept_mean=float(seen.mean()) if seen.numel() else None,
                        kept_per_head=[float(v) for v in heads.nanmean(0)])  # fmt: skip
         rows.append(row)
@@ -995,10 +1052,12 @@ def _head_spread(table: LocalityTable, plan: Choice) -> dict[str, Any]:
     """How much the heads of a layer differ, on the chosen windows and sparse steps: per layer the mean over steps
     of (max head - min head) kept mass; and the largest."""
     out: dict[str, Any] = {}
-    for li, (name, c) in enumerate(zip(table.layers, plan.layers, strict=True)):
-        if c is None or table.heads[li] < 2:
+    for li, name in enumerate(table.layers):
+        cells = [(s, plan.cell(li, s)) for s in range(plan.dense_steps, len(table.steps))]
+        cells = [(s, c) for s, c in cells if c is not None]
+        if not cells or table.heads[li] < 2:
             continue
-        h = table.kept[li, plan.dense_steps :, c]  # [S', H]
+        h = torch.stack([table.kept[li, s, c] for s, c in cells])  # [S', H]
         spread = h.nan_to_num(nan=-math.inf).max(-1).values - h.nan_to_num(nan=math.inf).min(-1).values
         spread = spread[torch.isfinite(spread)]
         if spread.numel():
@@ -1053,6 +1112,11 @@ def _range_verdict(r: dict[str, Any]) -> str:
              for k, v in r.items() if isinstance(v, dict)]  # fmt: skip
     if not parts:
         return "not measured (too few sparse steps)"
-    return (f"one window per layer over all sparse steps: {r['one_range_speedup']:.2f}x; per step range at the same "
-            "threshold: " + "; ".join(parts) + ". Per-step-range windows are not expressible in the config schema; "
-            "dense_steps covers the low-locality first steps.")  # fmt: skip
+    chosen = r.get("chosen_ranges")
+    used = (f"the chosen plan has a window per layer and step range ({len(chosen)} ranges: "
+            + ", ".join(f"steps {a}-{b}" for a, b in chosen) + "; layer rules with `steps` in the config)"
+            if chosen else "the chosen plan has one window per layer (ranges were tried: at this threshold they saved "
+            "less than 5%, or a plan with one window per layer was as cheap at a higher threshold)")  # fmt: skip
+    one = r["one_range_speedup"]
+    return (f"at the chosen threshold, one window per layer over all sparse steps gives {one:.2f}x; "
+            "a window per step range: " + "; ".join(parts) + f". {used[0].upper()}{used[1:]}.")  # fmt: skip

@@ -124,11 +124,22 @@ def plot(r: dict[str, Any], table: Any, path: str | Path) -> None:
     hm = table.head_mean()  # [L, S, C]
     chosen = r["chosen"]
     index = {c.label: i for i, c in enumerate(table.ladder.candidates)}
-    picks = [None if chosen["windows"][name] is None else index[chosen["windows"][name]] for name in layers]
+    ranges = chosen.get("ranges") or [[chosen["dense_steps"], len(steps) - 1]]
+
+    def per_range(name: str) -> list[int | None]:  # the layer's candidate on each range (None: dense)
+        w = chosen["windows"][name]
+        labels = w if isinstance(w, list) else [w] * len(ranges)
+        return [None if lab is None else index[lab] for lab in labels]
+
+    cells = {name: per_range(name) for name in layers}
+    # the ladder panel marks the window used on the most sparse steps
+    picks = [max(set(c), key=lambda x, c=c: sum(b - a + 1 for (a, b), y in zip(ranges, c, strict=True) if y == x))
+             for c in cells.values()]  # fmt: skip
     heat = torch.full((len(layers), len(steps)), math.nan)
-    for li, c in enumerate(picks):
-        if c is not None:
-            heat[li] = hm[li, :, c].float()
+    for li, name in enumerate(layers):
+        for (a, b), c in zip(ranges, cells[name], strict=True):
+            if c is not None:
+                heat[li, a : b + 1] = hm[li, a : b + 1, c].float()
     fig, axes = plt.subplots(1, 3, figsize=(18, max(4.0, 0.35 * len(layers) + 2)))
     ax = axes[0]
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
@@ -137,7 +148,10 @@ def plot(r: dict[str, Any], table: Any, path: str | Path) -> None:
     im = ax.imshow(heat.numpy(), aspect="auto", vmin=low, vmax=1, cmap=cmap, interpolation="nearest")
     ax.axvline(chosen["dense_steps"] - 0.5, color="red", linewidth=2, label=f"{chosen['dense_steps']} dense steps")
     ax.set_yticks(range(len(layers)))
-    ax.set_yticklabels([f"{n} ({chosen['windows'][n] or 'dense'})" for n in layers], fontsize=7)
+    def label(w: Any) -> str:
+        return " | ".join(v or "dense" for v in w) if isinstance(w, list) else (w or "dense")
+
+    ax.set_yticklabels([f"{n} ({label(chosen['windows'][n])})" for n in layers], fontsize=7)
     ax.set_xticks(range(len(steps)))
     ax.set_xticklabels([str(s) for s in steps], fontsize=7)
     ax.set_xlabel("denoising step")

@@ -356,8 +356,9 @@ def _runtime(lm: Any, kw: dict, vae_tiling: bool, cache_spec: Any, compile_backe
             fullgraph = cache_spec is None and lm.offload != "sequential"
             blocks = compile_regions(lm.pipe, backend=compile_backend, fullgraph=fullgraph)
             compiled = {"backend": compile_backend, "fullgraph": fullgraph, "blocks": len(blocks)}
-            if cache_spec is not None:  # the cache's per-block hooks: one set of graphs per block
-                compiled["recompile_limit"] = raise_recompile_limit(len(blocks))
+            # one set of graphs per block with a cache's per-block hooks, and one per distinct window of a block's
+            # attention (per-layer windows, rules by step): more than torch.compile's default limit of 8
+            compiled["recompile_limit"] = raise_recompile_limit(len(blocks))
             _info(f"compile: {len(blocks)} blocks, backend {compile_backend}, fullgraph {fullgraph} "
                   "(compiled on the first step)")  # fmt: skip
         if cache_spec is not None:

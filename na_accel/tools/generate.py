@@ -706,12 +706,12 @@ def check_config_fits(lm: LoadedModel, rc: ResolvedConfig, kw: dict[str, Any] | 
         na_accel.unpatch(lm.pipe)
     grid = token_grid(lm, kw or {})
     cfg = rc.config
-    if grid is None or not hasattr(cfg, "window_for"):
+    if grid is None or not hasattr(cfg, "windows_for"):
         return
     for name in names:
-        _rule, window = cfg.window_for(name)
-        if window is not None:
-            window.resolve(grid, where=f"{getattr(cfg, 'source', rc.name)}: layer {name}")
+        for window in cfg.windows_for(name):  # every window the layer gets at some step
+            if window is not None:
+                window.resolve(grid, where=f"{getattr(cfg, 'source', rc.name)}: layer {name}")
 
 
 @contextlib.contextmanager

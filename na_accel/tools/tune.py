@@ -81,6 +81,14 @@ def register(app: typer.Typer, *, handle_errors: Callable, fail: Callable, info:
                 help="Run this many first steps dense (default: the cheapest number for the measured locality).",
             ),  # fmt: skip
         ] = None,
+        step_ranges: Annotated[
+            str,
+            typer.Option(
+                "--step-ranges",
+                help="Numbers of step ranges tried, comma-separated, including 1: with R > 1 the sparse steps are "
+                "cut into R ranges, each with its own window per layer, kept where that saves >= 5% of the FLOPs.",
+            ),  # fmt: skip
+        ] = "1,2,4",
         batch: Annotated[int, typer.Option("--batch", help="Prompts per pipeline call.")] = 4,
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report files.")] = True,
         device: Annotated[
@@ -106,6 +114,10 @@ def register(app: typer.Typer, *, handle_errors: Callable, fail: Callable, info:
             for name, value in (("--queries", queries), ("--max-validations", max_validations), ("--batch", batch)):
                 if value < 1:
                     fail(f"{name} must be >= 1, got {value}")
+            ranges = _step_ranges(step_ranges)
+            if ranges is None:
+                fail(f"--step-ranges must be comma-separated ints >= 1 that include 1 (e.g. 1,2,4; 1 alone: one "
+                     f"window per layer), got {step_ranges!r}")  # fmt: skip
             if out.is_dir():
                 fail(f"--out {str(out)!r} is a directory; give a file name such as tuned.yaml")
             if out.suffix not in (".yaml", ".yml"):
@@ -117,13 +129,22 @@ def register(app: typer.Typer, *, handle_errors: Callable, fail: Callable, info:
                       n_prompts=len(prompts), device=device, dtype=dtype)  # fmt: skip
             lm = load(model, device, dtype, quiet)
             _run(lm, prompts, height, width, frames, steps, seed, target_psnr, target_speedup, out, holdout, queries,
-                 max_validations, dense_steps, batch, report, quiet, info)  # fmt: skip
+                 max_validations, dense_steps, ranges, batch, report, quiet, info)  # fmt: skip
+
+
+def _step_ranges(text: str) -> tuple[int, ...] | None:
+    """``--step-ranges "1,2,4"`` as ints; None unless they are ints >= 1 that include 1."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        return None
+    return values if values and all(v >= 1 for v in values) and 1 in values else None
 
 
 def _run(lm: Any, prompts: list[str], height: int | None, width: int | None, frames: int | None, steps: int | None,
          seed: int, target_psnr: float | None, target_speedup: float | None, out: Path, holdout: int, queries: int,
-         max_validations: int, dense_steps: int | None, batch: int, report: bool, quiet: bool,
-         info: Callable) -> None:  # fmt: skip
+         max_validations: int, dense_steps: int | None, step_ranges: tuple[int, ...], batch: int, report: bool,
+         quiet: bool, info: Callable) -> None:  # fmt: skip
     from ..quality.ladder import Ladder
     from ..quality.tune import check_speedup_reachable, tune
     from .generate import generation_kwargs, token_grid
@@ -137,12 +158,14 @@ def _run(lm: Any, prompts: list[str], height: int | None, width: int | None, fra
     info(f"tuning on {n_fit} prompt(s), {holdout} held out; token grid {grid}, {n_steps} steps")
     result = tune(lm.pipe, prompts, target_psnr=target_psnr, target_speedup=target_speedup, seed=seed,
                   holdout=holdout, queries=queries, max_validations=max_validations, dense_steps=dense_steps,
-                  batch_size=batch,
+                  step_ranges=step_ranges, batch_size=batch,
                   progress=not quiet, model_label=lm.label, **kw)  # fmt: skip
     files = result.save(out, report=report)
     r = result.report
     c = r["chosen"]
-    typer.echo(f"chosen: {c['dense_steps']} dense steps, threshold {c['threshold']:g}; "
+    by_range = f", windows in {len(c['ranges'])} step ranges" if any(isinstance(w, list) for w in
+                                                                        c["windows"].values()) else ""  # fmt: skip
+    typer.echo(f"chosen: {c['dense_steps']} dense steps, threshold {c['threshold']:g}{by_range}; "
                f"{c['speedup']:.2f}x fewer attention FLOPs than dense")  # fmt: skip
     for name, s in (("fit", r["fit"]), ("held-out", r.get("held_out"))):
         if s:
