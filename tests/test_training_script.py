@@ -34,6 +34,20 @@ def test_lr_schedule_ends_at_steps_or_seconds(train):
     assert train.transformer_lr(t, 10, seconds=1e9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.1)))
 
 
+def test_config_overrides(train):
+    """--set section.key=value replaces one value of the config file (parsed as YAML); a key the file lacks fails."""
+    path = ROOT / "training" / "tiny_t2v.yaml"
+    sets = ["model.heads=4", "train.transformer.total_seconds=450", "model.rope_axes_dim=[8, 28, 28]"]
+    cfg = train.load_cfg(path, False, sets)
+    assert cfg["model"]["heads"] == 4 and cfg["train"]["transformer"]["total_seconds"] == 450
+    assert cfg["model"]["rope_axes_dim"] == [8, 28, 28]
+    base = train.load_cfg(path, False)
+    assert base["model"]["heads"] == 2 and train._total_seconds(base["train"]["transformer"]) == math.inf
+    for bad in ("model.head=4", "model.heads", "nosuch.heads=1", "model.heads.x=1"):
+        with pytest.raises(SystemExit, match="--set"):
+            train.load_cfg(path, False, [bad])
+
+
 def test_smoke_run_with_the_shipped_vae(train, tmp_path):
     """--vae-from takes the shipped VAE (weights and scaling factor); the transformer stage runs, the pipeline is
     saved, and its VAE is the shipped one."""

@@ -15,7 +15,7 @@ from na_accel.errors import InputError
 from na_accel.ops.semantics import make_params
 from na_accel.patching.config import load_config
 from na_accel.patching.families.base import Layout
-from na_accel.quality.choose import choose, choose_per_head, choose_ranges, sweep
+from na_accel.quality.choose import choose, choose_per_head, sweep
 from na_accel.quality.ladder import Ladder, LadderProbe, LocalityTable, ladder_kept_mass
 from na_accel.quality.locality import LocalityProbe, kept_mass_per_query, sample_queries
 from na_accel.quality.tune import PROFILE_CONFIG, check_round_trip, config_yaml, plan_config
@@ -174,9 +174,9 @@ def test_choose_ranges_per_head_and_sweep():
     kept = synthetic()
     kept[1, 4:] = torch.tensor([0.95, 0.97, 0.99, 0.96])  # layer 1 gets local in the last steps
     one = choose(kept, DENSITY, None, 0.9)
-    two = choose_ranges(kept, DENSITY, None, 0.9, one.dense_steps, 2)
-    assert two["ranges"] == [[2, 3], [4, 5]] and two["choices"][1] == [2, 0]
-    assert two["cost"] < one.cost
+    two = choose(kept, DENSITY, None, 0.9, dense_steps=one.dense_steps, ranges=2)
+    assert two.ranges == ((2, 3), (4, 5)) and [row[1] for row in two.range_layers] == [2, 0]
+    assert two.cost < one.cost
     heads = torch.stack([kept, kept], dim=-1)
     heads[0, :, :, 1] = 0.995  # head 1 of layer 0 is very local
     ph = choose_per_head(heads, DENSITY, None, 0.9, one.dense_steps)
@@ -198,8 +198,9 @@ def test_choose_by_step_range_and_merged_sweep():
     two = choose(kept, DENSITY, None, 0.9, ranges=2, dense_steps=one.dense_steps)
     assert two.by_range and two.ranges == ((2, 3), (4, 5))
     assert two.range_layers == ((0, 2, None), (0, 0, None))
-    assert [two.cell(1, s) for s in range(6)] == [None, None, 2, 2, 0, 0]
-    assert two.cost == pytest.approx(choose_ranges(kept, DENSITY, None, 0.9, one.dense_steps, 2)["cost"])
+    assert two.cells(6)[1] == [None, None, 2, 2, 0, 0] and two.cells(6)[2] == [None] * 6
+    expected = (2 * 3 + 2 * (0.1 + 0.5 + 1.0) + 2 * (0.1 + 0.1 + 1.0)) / (6 * 3)  # dense steps, range 1, range 2
+    assert two.cost == pytest.approx(expected)
     assert two.cost < one.cost and two.key != one.key
     free = choose(kept, DENSITY, None, 0.9, ranges=2)  # the dense steps chosen for the ranged plan
     assert free.cost <= two.cost

@@ -61,8 +61,20 @@ VAE_SEED0, TRAIN_SEED0 = 2_000_000, 1_000_000  # the eval prompts start at world
 # --------------------------------------------------------------------------------------------------------------
 
 
-def load_cfg(path: Path, smoke: bool) -> dict[str, Any]:
+def load_cfg(path: Path, smoke: bool, overrides: list[str] = ()) -> dict[str, Any]:
+    """The config file with ``overrides`` (``section.key=value``, value parsed as YAML) applied, then the smoke
+    sizes. An override must name a key the file has (a typo fails instead of adding an unused key)."""
     cfg = yaml.safe_load(path.read_text())
+    for item in overrides:
+        dotted, sep, text = item.partition("=")
+        keys = dotted.split(".")
+        node = cfg
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not sep or not isinstance(node, dict) or keys[-1] not in node:
+            raise SystemExit(f"--set {item!r}: expected section.key=value naming a key of {path} "
+                             "(e.g. model.heads=4)")  # fmt: skip
+        node[keys[-1]] = yaml.safe_load(text)
     if smoke:  # every stage at toy size, a few seconds each on a CPU
         cfg["data"].update(frames=9, height=64, width=64, train_clips=16, vae_clips=8, vae_frames=5, workers=2)
         cfg["train"]["vae"].update(steps=3, batch=2, time_budget_s=60)
@@ -336,10 +348,16 @@ def make_pipe(comps: dict):
     return HunyuanVideoPipeline(**comps)
 
 
+def _total_seconds(t: dict) -> float:
+    """The transformer schedule's time bound (``total_seconds``; absent or null: none)."""
+    value = t.get("total_seconds")
+    return math.inf if value is None else float(value)
+
+
 def transformer_lr(t: dict, step: int, seconds: float = 0.0) -> float:
     """Cosine decay from ``lr`` to ``min_lr`` over ``steps`` or ``total_seconds`` of training (whichever ends first;
     ``seconds`` counts earlier calls too, so a resumed run continues the same schedule)."""
-    progress = min(1.0, max(step / t["steps"], seconds / t.get("total_seconds", math.inf)))
+    progress = min(1.0, max(step / t["steps"], seconds / _total_seconds(t)))
     return t["min_lr"] + (t["lr"] - t["min_lr"]) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -361,7 +379,7 @@ def stage_transformer(cfg: dict, comps: dict, ema: dict | None, state: dict, lat
     opt = torch.optim.AdamW(params, lr=t["lr"], betas=(0.9, 0.99), weight_decay=t["weight_decay"])
     step0 = state.get("transformer_step", 0)
     seconds0 = state.get("transformer_seconds", 0.0)  # training time of earlier calls (the schedule's clock)
-    total = t.get("total_seconds", math.inf)
+    total = _total_seconds(t)
     g = torch.Generator().manual_seed(cfg["seed"] + 2 + step0)
     gd = torch.Generator(dev).manual_seed(cfg["seed"] + 3 + step0)  # noise on the device: no host round trip
     n = len(caps)
@@ -485,6 +503,8 @@ def stage_eval(cfg: dict, path: Path, dev, log: Log, out: Path, count: int, batc
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=ROOT / "training" / "tiny_t2v.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one config value (repeatable), e.g. --set model.heads=4")
     ap.add_argument("--out", type=Path, required=True, help="run directory: checkpoints, log, pipeline")
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/ckpt (weights; optimizer restarts)")
@@ -501,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         ap.error(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
-    cfg = load_cfg(args.config, args.smoke)
+    cfg = load_cfg(args.config, args.smoke, args.overrides)
     if args.transformer_seconds is not None:
         cfg["train"]["transformer"]["time_budget_s"] = args.transformer_seconds
     args.out.mkdir(parents=True, exist_ok=True)

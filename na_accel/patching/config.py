@@ -322,8 +322,8 @@ class NAConfig:
         """Every window ``layer_name`` can get at some step (None: dense by rule), without repeats: the window of
         the rules without ``steps`` and that of each rule with ``steps`` that would be chosen in its range."""
         out: list[WindowSpec | None] = []
-        probes = [None] + [r.steps[0] for r in self.step_rules_for(layer_name)]
-        probes += [r.steps[1] + 1 for r in self.step_rules_for(layer_name) if r.steps[1] is not None]
+        ranged = self.step_rules_for(layer_name)
+        probes = [None] + [r.steps[0] for r in ranged] + [r.steps[1] + 1 for r in ranged if r.steps[1] is not None]
         for step in probes:
             _rule, window = self.window_for(layer_name, step)
             if window not in out:

@@ -12,9 +12,9 @@ pipeline and one window (or ``dense: true``) per layer.
 
 With ``ranges=R > 1`` the sparse steps after the dense ones are cut into ``R`` contiguous ranges of (nearly) equal
 length and each (layer, range) gets its own cheapest candidate clearing the threshold on that range: per-step-range
-windows, which a config expresses as layer rules with ``steps``. :func:`choose_ranges` reports that choice at a fixed
-number of dense steps; :func:`choose_per_head` the same choice per head (what per-head windows would give; the
-config schema does not express it).
+windows, which a config expresses as layer rules with ``steps`` (with ``dense_steps`` fixed too, the same cut at a
+given number of dense steps). :func:`choose_per_head` makes the choice per head (what per-head windows would give;
+the config schema does not express it).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Choice", "choose", "choose_per_head", "choose_ranges", "sweep", "sweep_ranges", "threshold_grid"]
+__all__ = ["Choice", "choose", "choose_per_head", "sweep", "sweep_ranges", "threshold_grid"]
 
 #: Thresholds the tuner tries: coarse where kept mass is rarely that low, then every 0.0025 up to 0.9975, and 0.999
 #: (fine steps give plans close to any FLOP budget).
@@ -79,14 +79,14 @@ class Choice:
         """True when some layer's window changes between step ranges."""
         return len(set(self.range_layers)) > 1
 
-    def cell(self, layer: int, step: int) -> int | None:
-        """The candidate of ``layer`` at denoising ``step`` (None: dense, a dense step or a dense layer)."""
-        if step < self.dense_steps:
-            return None
-        for (first, last), row in zip(self.ranges, self.range_layers, strict=True):
-            if first <= step <= last:
-                return row[layer]
-        return self.layers[layer]
+    def cells(self, n_steps: int) -> list[list[int | None]]:
+        """Per layer, its candidate at each step of a generation of ``n_steps`` steps (None: dense, a dense step or
+        a dense layer)."""
+        out: list[list[int | None]] = [[None] * n_steps for _ in self.layers]
+        for first, last, row in self.segments(n_steps):
+            for li, c in enumerate(row):
+                out[li][first : last + 1] = [c] * (last - first + 1)
+        return out
 
     def segments(self, n_steps: int) -> list[tuple[int, int, tuple[int | None, ...]]]:
         """``(first, last, per-layer candidates)`` for the sparse steps of a generation of ``n_steps`` steps: one
@@ -256,30 +256,6 @@ def _choose(shape: tuple[int, ...], stats: tuple[torch.Tensor, ...], density: to
                   len(sparse) * (n_steps - n))  # fmt: skip
 
 
-def choose_ranges(kept: torch.Tensor, density: torch.Tensor, flops: torch.Tensor | None, threshold: float,
-                  dense_steps: int, ranges: int) -> dict[str, Any]:  # fmt: skip
-    """Per layer and per step range: the steps after ``dense_steps`` cut into ``ranges`` contiguous ranges of
-    (nearly) equal length, each (layer, range) getting the cheapest candidate clearing ``threshold`` on that range.
-    Returns ``{"ranges": [[first, last], ...], "choices": [[candidate or None per range] per layer], "cost": ...}``
-    (cost relative to dense over the whole generation, dense steps included)."""
-    kept, density, flops = _prepare(kept, density, flops)
-    n_layers, n_steps, _ = kept.shape
-    sparse = n_steps - dense_steps
-    ranges = max(1, min(int(ranges), sparse))
-    bounds = [dense_steps + round(i * sparse / ranges) for i in range(ranges + 1)]
-    total = float(flops.sum()) * dense_steps
-    choices: list[list[int | None]] = [[] for _ in range(n_layers)]
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        part = kept[:, a:b]
-        smin, smean, _ = _suffix_stats(part)
-        idx, dens, _, _ = _pick(smin[:, 0], smean[:, 0], density, threshold)
-        total += float((flops * dens).sum()) * (b - a)
-        for li in range(n_layers):
-            choices[li].append(None if int(idx[li]) < 0 else int(idx[li]))
-    return {"ranges": [[a, b - 1] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], "choices": choices,
-            "cost": total / (float(flops.sum()) * n_steps)}  # fmt: skip
-
-
 def choose_per_head(kept_heads: torch.Tensor, density: torch.Tensor, flops: torch.Tensor | None, threshold: float,
                     dense_steps: int) -> dict[str, Any]:  # fmt: skip
     """Per layer and head: the cheapest candidate whose kept mass for that head clears ``threshold`` on every step
@@ -314,8 +290,8 @@ def sweep(kept: torch.Tensor, density: torch.Tensor, flops: torch.Tensor | None,
     kept, density, flops = _prepare(kept, density, flops)
     stats = _suffix_stats(kept) if ranges <= 1 else _RangeStats(kept, ranges)
     out: dict[tuple, Choice] = {}
+    md, ds = kwargs.get("max_dense_steps"), kwargs.get("dense_steps")
     for tau in sorted(thresholds if thresholds is not None else threshold_grid()):
-        md, ds = kwargs.get("max_dense_steps"), kwargs.get("dense_steps")
         if ranges <= 1:
             c = _choose(kept.shape, stats, density, flops, tau, md, ds)
         else:

@@ -50,7 +50,7 @@ from ..errors import InputError, NAAccelError
 from ..patching.api import is_patched, patched
 from ..patching.config import NAConfig, config_from_dict
 from ..patching.families import adapter_for
-from .choose import Choice, choose_per_head, choose_ranges, sweep_ranges, threshold_grid
+from .choose import Choice, choose, choose_per_head, sweep_ranges, threshold_grid
 from .environment import versions
 from .ladder import DEFAULT_FRACTIONS, STRIDE_KINDS, Ladder, LadderProbe, LocalityTable
 from .metrics import latent_metrics, psnr, ssim
@@ -397,11 +397,11 @@ def config_yaml(data: dict[str, Any], header: Sequence[str] = ()) -> str:
 def check_round_trip(config: NAConfig, table: LocalityTable, plan: Choice) -> None:
     """Raise :class:`NAAccelError` unless ``config`` resolves, on the profiled grid, to exactly the plan's windows."""
     grid = table.ladder.grid
-    for li, name in enumerate(table.layers):
+    for name, cells in zip(table.layers, plan.cells(len(table.steps)), strict=True):
         for step in range(plan.dense_steps, len(table.steps)):
             _rule, window = config.window_for(name, step)
             got = None if window is None else window.resolve(grid).params
-            c = plan.cell(li, step)
+            c = cells[step]
             want = None if c is None else table.ladder.candidates[c].params(grid)
             if (got is None) != (want is None) or (got is not None and got != want):
                 raise NAAccelError(f"internal error: the tuned config gives layer {name} at step {step} {got}, but "
@@ -778,7 +778,7 @@ def tune(
 
     # 6. analyses and the report
     density = ladder.densities
-    ranges = {str(r): choose_ranges(kept, density, table.flops, chosen.threshold, chosen.dense_steps, r)
+    ranges = {str(r): choose(kept, density, table.flops, chosen.threshold, dense_steps=chosen.dense_steps, ranges=r)
               for r in (1, 2, 4) if steps - chosen.dense_steps >= r}  # fmt: skip
     per_head = choose_per_head(table.kept, density, table.flops, chosen.threshold, chosen.dense_steps)
     head_curve = _head_tradeoff(table, chosen.dense_steps, thresholds)
@@ -863,12 +863,12 @@ def tune(
         "layers": _layer_rows(table, chosen),
         "step_ranges": {
             "chosen_ranges": [list(r) for r in chosen.ranges] if chosen.by_range else None,
-            "one_range_speedup": 1.0 / ranges["1"]["cost"],
+            "one_range_speedup": ranges["1"].speedup,
             **{
                 k: {
-                    "ranges": v["ranges"],
-                    "speedup": 1.0 / v["cost"],
-                    "saving_vs_one_range": 1.0 - v["cost"] / ranges["1"]["cost"],
+                    "ranges": [list(r) for r in v.ranges],
+                    "speedup": v.speedup,
+                    "saving_vs_one_range": 1.0 - v.cost / ranges["1"].cost,
                 }
                 for k, v in ranges.items()
                 if k != "1"
@@ -997,11 +997,8 @@ def _quality_section(fit: dict[str, Any], target_psnr: float | None) -> dict[str
 
 def _cells_by_layer(table: LocalityTable, plan: Choice) -> dict[str, list[int | None] | None]:
     """Per layer its candidate at each profiled step (None for a layer dense at every step)."""
-    out: dict[str, list[int | None] | None] = {}
-    for li, name in enumerate(table.layers):
-        cells = [plan.cell(li, s) for s in table.steps]
-        out[name] = cells if any(c is not None for c in cells) else None
-    return out
+    return {name: cells if any(c is not None for c in cells) else None
+            for name, cells in zip(table.layers, plan.cells(len(table.steps)), strict=True)}
 
 
 def plan_dict(plan: Choice, table: LocalityTable) -> dict[str, Any]:
@@ -1025,9 +1022,9 @@ def _layer_rows(table: LocalityTable, plan: Choice) -> list[dict[str, Any]]:
     cands = table.ladder.candidates
     rows = []
     n_steps = len(table.steps)
-    for li, name in enumerate(table.layers):
+    for li, (name, per_step) in enumerate(zip(table.layers, plan.cells(n_steps), strict=True)):
         row: dict[str, Any] = {"layer": name, "window": None, "density": 1.0}
-        cells = [(s, plan.cell(li, s)) for s in range(plan.dense_steps, n_steps)]
+        cells = list(enumerate(per_step))[plan.dense_steps :]
         sparse = [(s, c) for s, c in cells if c is not None]
         if sparse:
             picks = [c for _s, c in cells]
@@ -1052,9 +1049,8 @@ def _head_spread(table: LocalityTable, plan: Choice) -> dict[str, Any]:
     """How much the heads of a layer differ, on the chosen windows and sparse steps: per layer the mean over steps
     of (max head - min head) kept mass; and the largest."""
     out: dict[str, Any] = {}
-    for li, name in enumerate(table.layers):
-        cells = [(s, plan.cell(li, s)) for s in range(plan.dense_steps, len(table.steps))]
-        cells = [(s, c) for s, c in cells if c is not None]
+    for li, (name, per_step) in enumerate(zip(table.layers, plan.cells(len(table.steps)), strict=True)):
+        cells = [(s, c) for s, c in enumerate(per_step) if c is not None]
         if not cells or table.heads[li] < 2:
             continue
         h = torch.stack([table.kept[li, s, c] for s, c in cells])  # [S', H]

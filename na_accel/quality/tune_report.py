@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -124,22 +125,17 @@ def plot(r: dict[str, Any], table: Any, path: str | Path) -> None:
     hm = table.head_mean()  # [L, S, C]
     chosen = r["chosen"]
     index = {c.label: i for i, c in enumerate(table.ladder.candidates)}
-    ranges = chosen.get("ranges") or [[chosen["dense_steps"], len(steps) - 1]]
-
-    def per_range(name: str) -> list[int | None]:  # the layer's candidate on each range (None: dense)
-        w = chosen["windows"][name]
-        labels = w if isinstance(w, list) else [w] * len(ranges)
-        return [None if lab is None else index[lab] for lab in labels]
-
-    cells = {name: per_range(name) for name in layers}
-    # the ladder panel marks the window used on the most sparse steps
-    picks = [max(set(c), key=lambda x, c=c: sum(b - a + 1 for (a, b), y in zip(ranges, c, strict=True) if y == x))
-             for c in cells.values()]  # fmt: skip
     heat = torch.full((len(layers), len(steps)), math.nan)
+    picks = []  # per layer, the window it uses on the most sparse steps (None: dense); marked on the ladder panel
     for li, name in enumerate(layers):
-        for (a, b), c in zip(ranges, cells[name], strict=True):
-            if c is not None:
-                heat[li, a : b + 1] = hm[li, a : b + 1, c].float()
+        w = chosen["windows"][name]  # a label, or one label per range of chosen["ranges"]
+        used: Counter = Counter()
+        labels = w if isinstance(w, list) else [w] * len(chosen["ranges"])
+        for k, ((a, b), label) in enumerate(zip(chosen["ranges"], labels, strict=True)):
+            if label is not None:  # the first range's window is shown over the dense steps too (left of the line)
+                heat[li, (0 if k == 0 else a) : b + 1] = hm[li, (0 if k == 0 else a) : b + 1, index[label]].float()
+                used[index[label]] += b - a + 1
+        picks.append(used.most_common(1)[0][0] if used else None)
     fig, axes = plt.subplots(1, 3, figsize=(18, max(4.0, 0.35 * len(layers) + 2)))
     ax = axes[0]
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")

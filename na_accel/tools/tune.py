@@ -163,8 +163,7 @@ def _run(lm: Any, prompts: list[str], height: int | None, width: int | None, fra
     files = result.save(out, report=report)
     r = result.report
     c = r["chosen"]
-    by_range = f", windows in {len(c['ranges'])} step ranges" if any(isinstance(w, list) for w in
-                                                                        c["windows"].values()) else ""  # fmt: skip
+    by_range = f", windows in {len(c['ranges'])} step ranges" if len(c["ranges"]) > 1 else ""
     typer.echo(f"chosen: {c['dense_steps']} dense steps, threshold {c['threshold']:g}{by_range}; "
                f"{c['speedup']:.2f}x fewer attention FLOPs than dense")  # fmt: skip
     for name, s in (("fit", r["fit"]), ("held-out", r.get("held_out"))):
