@@ -148,3 +148,7 @@ GLUON_STAGES = 2
 GLUON_MAXNREG = 168
 GLUON_PRODUCER_REGS = 24
 GLUON_CONSUMER_REGS = 240
+
+#: Depth of the K/V ring of the 8-bit kernel (:mod:`.gluon_hopper_fp8`); its tiles take half the shared memory of the
+#: 16-bit ones (Q 16 KB + 32 KB per stage at head dim 128).
+GLUON_FP8_STAGES = 2

@@ -34,7 +34,8 @@ class Problem:
     ``query/key/value`` ``[B, N, heads, D]`` (possibly strided views), ``extra_key/extra_value``
     ``[B, T, heads, D]``, ``extra_lengths`` int ``[B]`` or None, ``text_query`` ``[B, Tq, heads, D]`` or None.
     Outputs are written into ``out`` (like ``query``), ``text_out`` (like ``text_query``) and, when given,
-    ``lse`` / ``text_lse`` (fp32 ``[B, tokens, heads]``, natural log).
+    ``lse`` / ``text_lse`` (fp32 ``[B, tokens, heads]``, natural log). ``precision``: ``"bf16"`` or ``"fp8"``
+    (:mod:`.precision`; only the ``triton`` backend has an 8-bit path).
     """
 
     query: torch.Tensor
@@ -50,6 +51,7 @@ class Problem:
     lse: torch.Tensor | None
     text_out: torch.Tensor | None
     text_lse: torch.Tensor | None
+    precision: str = "bf16"
 
 
 class Backend:

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import ShapeError
 from .dispatch import Problem, select_backend
+from .precision import PRECISIONS, record_fp8_fallback
 from .semantics import BoolOrTuple, GNAParams, IntOrTuple, make_params
 
 __all__ = ["na1d", "na2d", "na3d", "na_flat", "na_joint"]
@@ -44,13 +45,15 @@ def _gna_op(
     text_len: int,
     backend: str,
     return_lse: bool,
+    precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical GNA forward on ``[B, S, heads, D]``.
 
     Grid tokens are ``[video_start, video_start + N)``. If ``text_len > 0`` (joint attention), the tokens
     ``[text_start, text_start + text_len)`` of query/key/value are text: their keys are extra keys of every grid
     query and their queries attend densely to all valid keys; ``extra_key``/``extra_value`` must then be None.
-    Returns ``(out [B, S, heads, D], lse [B, S, heads] fp32)`` (``lse`` is empty unless ``return_lse``).
+    ``precision``: ``"bf16"`` or ``"fp8"`` (:mod:`.precision`). Returns ``(out [B, S, heads, D], lse [B, S, heads]
+    fp32)`` (``lse`` is empty unless ``return_lse``).
     """
     params = GNAParams(tuple(grid), tuple(kernel_size), tuple(stride), tuple(dilation), tuple(is_causal))
     n = params.num_tokens
@@ -77,14 +80,18 @@ def _gna_op(
         lse=lse[:, vs] if return_lse else None,
         text_out=text_out,
         text_lse=text_lse,
+        precision=precision,
     )
-    select_backend(backend, problem).forward(problem)
+    chosen = select_backend(backend, problem)
+    if precision == "fp8" and chosen.name != "triton":
+        record_fp8_fallback(f"backend {chosen.name!r} has no 8-bit path (only 'triton' on Hopper GPUs)")
+    chosen.forward(problem)
     return out, lse
 
 
 @_gna_op.register_fake
 def _(query, key, value, extra_key, extra_value, extra_lengths, grid, kernel_size, stride, dilation, is_causal,
-      scale, video_start, text_start, text_len, backend, return_lse):  # fmt: skip
+      scale, video_start, text_start, text_len, backend, return_lse, precision):  # fmt: skip
     out = torch.empty_like(query)
     lse = query.new_empty(query.shape[:3] if return_lse else (0,), dtype=torch.float32)
     return out, lse
@@ -198,6 +205,14 @@ def _check_backend(backend) -> None:
         )
 
 
+def _check_precision(precision) -> None:
+    if precision not in PRECISIONS:
+        raise ShapeError(
+            f"precision must be one of {', '.join(repr(p) for p in PRECISIONS)}, got {precision!r} ('bf16': the "
+            "inputs' own dtype, no quantization; 'fp8': 8-bit operands on Hopper GPUs, elsewhere it falls back)."
+        )
+
+
 def _scale(scale: float | None, head_dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
@@ -207,12 +222,13 @@ def _scale(scale: float | None, head_dim: int) -> float:
 
 
 def _call(query, key, value, params: GNAParams, scale, extra_keys, extra_values, extra_lengths, video_start,
-          text_start, text_len, backend, return_lse):  # fmt: skip
+          text_start, text_len, backend, return_lse, precision):  # fmt: skip
+    _check_precision(precision)
     out, lse = _gna_op(
         query, key, value, extra_keys, extra_values, extra_lengths,
         list(params.grid), list(params.kernel_size), list(params.stride), list(params.dilation),
         list(params.is_causal), _scale(scale, query.shape[-1]), video_start, text_start, text_len, backend,
-        return_lse,
+        return_lse, precision,
     )  # fmt: skip
     return (out, lse) if return_lse else out
 
@@ -241,6 +257,7 @@ def na_flat(
     extra_keys: torch.Tensor | None = None,
     extra_values: torch.Tensor | None = None,
     extra_lengths: torch.Tensor | None = None,
+    precision: str = "bf16",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Neighborhood attention on flattened tokens ``[B, N, heads, D]`` in raster order of ``grid_shape``.
 
@@ -262,7 +279,7 @@ def na_flat(
     )
     _check_extras(query, additional_keys, additional_values, additional_lengths)
     return _call(query, key, value, params, scale, additional_keys, additional_values, additional_lengths, 0, 0, 0,
-                 backend, return_lse)  # fmt: skip
+                 backend, return_lse, precision)  # fmt: skip
 
 
 def na_joint(
@@ -280,13 +297,15 @@ def na_joint(
     text_lengths: torch.Tensor | None = None,
     backend: str = "auto",
     return_lse: bool = False,
+    *,
+    precision: str = "bf16",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Joint attention over grid tokens and text tokens in one sequence ``[B, N + T, heads, D]``.
 
     The ``N = prod(grid_shape)`` grid tokens (raster order) come first, or after the ``T = num_text_tokens`` text
     tokens if ``text_first``. Grid queries attend to their GNA window plus every valid text key; text queries
     attend densely to every valid key. ``text_lengths`` (int ``[B]``) marks how many of the text tokens are valid
-    (the first ones); padded text keys are masked for every query.
+    (the first ones); padded text keys are masked for every query. ``precision`` as in :func:`na3d`.
     """
     _check_qkv(query, key, value, 4, "[B, N + T, heads, D]")
     _check_backend(backend)
@@ -305,18 +324,18 @@ def na_joint(
         _check_lengths(text_lengths, query.shape[0], t, query.device, "text_lengths")
     video_start, text_start = (t, 0) if text_first else (0, n)
     return _call(query, key, value, params, scale, None, None, text_lengths, video_start, text_start, t, backend,
-                 return_lse)  # fmt: skip
+                 return_lse, precision)  # fmt: skip
 
 
 def _na_nd(ndim, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
-           additional_values, additional_lengths, backend, return_lse, deprecated):  # fmt: skip
+           additional_values, additional_lengths, backend, return_lse, deprecated, precision):  # fmt: skip
     layout = "[B, " + ", ".join({1: "L", 2: "HW", 3: "THW"}[ndim]) + ", heads, D]"
     _check_qkv(query, key, value, ndim + 3, layout)
     grid = tuple(query.shape[1 : 1 + ndim])
     flat = [t.reshape(t.shape[0], -1, t.shape[-2], t.shape[-1]) for t in (query, key, value)]
     additional = _renamed(additional_keys, additional_values, additional_lengths, *deprecated)
     res = na_flat(*flat, grid, kernel_size, stride, dilation, is_causal, scale, *additional, backend,
-                  return_lse)  # fmt: skip
+                  return_lse, precision=precision)  # fmt: skip
     if return_lse:
         out, lse = res
         return out.view(query.shape), lse.view(query.shape[:-1])
@@ -339,6 +358,11 @@ _ND_DOC = """{n}-D neighborhood attention (GNA) on ``[B, {axes}, heads, D]`` ten
         backend: ``"auto"``, ``"sdpa"`` (dense problems only), ``"triton"``, ``"flex"``, ``"masked_sdpa"`` (SDPA
             with the GNA mask: off the GPU, small grids) or ``"reference"``.
         return_lse: also return the fp32 natural-log logsumexp ``[B, {axes}, heads]``.
+        precision: ``"bf16"`` (default: the inputs' own dtype, no quantization) or ``"fp8"``: 8-bit operands (Q/K
+            per block, K smoothed, V per channel, P in registers, fp32 accumulation) in the Gluon kernel on Hopper,
+            for sparse and dense windows; where that kernel cannot run the call (other GPUs, CPU, head dims,
+            dtypes, other backends) it runs in the inputs' precision, the reason logged once and counted in
+            ``na_accel.ops.precision.fp8_fallbacks()``.
     """
 
 
@@ -347,10 +371,11 @@ def na1d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_siz
          additional_keys: torch.Tensor | None = None, additional_values: torch.Tensor | None = None,
          additional_lengths: torch.Tensor | None = None, backend: str = "auto", return_lse: bool = False, *,
          extra_keys: torch.Tensor | None = None, extra_values: torch.Tensor | None = None,
-         extra_lengths: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+         extra_lengths: torch.Tensor | None = None,
+         precision: str = "bf16") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     return _na_nd(1, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
                   additional_values, additional_lengths, backend, return_lse,
-                  (extra_keys, extra_values, extra_lengths))  # fmt: skip
+                  (extra_keys, extra_values, extra_lengths), precision)  # fmt: skip
 
 
 def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
@@ -358,10 +383,11 @@ def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_siz
          additional_keys: torch.Tensor | None = None, additional_values: torch.Tensor | None = None,
          additional_lengths: torch.Tensor | None = None, backend: str = "auto", return_lse: bool = False, *,
          extra_keys: torch.Tensor | None = None, extra_values: torch.Tensor | None = None,
-         extra_lengths: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+         extra_lengths: torch.Tensor | None = None,
+         precision: str = "bf16") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     return _na_nd(2, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
                   additional_values, additional_lengths, backend, return_lse,
-                  (extra_keys, extra_values, extra_lengths))  # fmt: skip
+                  (extra_keys, extra_values, extra_lengths), precision)  # fmt: skip
 
 
 def na3d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
@@ -369,10 +395,11 @@ def na3d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_siz
          additional_keys: torch.Tensor | None = None, additional_values: torch.Tensor | None = None,
          additional_lengths: torch.Tensor | None = None, backend: str = "auto", return_lse: bool = False, *,
          extra_keys: torch.Tensor | None = None, extra_values: torch.Tensor | None = None,
-         extra_lengths: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+         extra_lengths: torch.Tensor | None = None,
+         precision: str = "bf16") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     return _na_nd(3, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
                   additional_values, additional_lengths, backend, return_lse,
-                  (extra_keys, extra_values, extra_lengths))  # fmt: skip
+                  (extra_keys, extra_values, extra_lengths), precision)  # fmt: skip
 
 
 na1d.__doc__ = _ND_DOC.format(n=1, axes="L")

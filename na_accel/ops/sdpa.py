@@ -44,6 +44,14 @@ class DenseSDPABackend(Backend):
             return "per-batch text lengths would need an attention mask"
         return None
 
+    def auto_rejection(self, problem: Problem) -> str | None:
+        if problem.precision == "fp8" and problem.query.is_cuda:
+            from .triton import fp8_reason
+
+            if fp8_reason(problem) is None:
+                return "precision='fp8': the 8-bit Gluon kernel runs this dense problem"
+        return self.unavailable_reason(problem)
+
     def forward(self, problem: Problem) -> None:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 

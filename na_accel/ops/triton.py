@@ -17,6 +17,7 @@ from ..kernels import INTERPRETED
 from ..kernels.triton_grid import gna_forward
 from ..kernels.triton_text import text_forward
 from .dispatch import Backend, Problem
+from .precision import record_fp8_fallback
 
 logger = logging.getLogger("na_accel")
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -39,10 +40,22 @@ def gluon_reason(problem: Problem) -> str | None:
     return gluon_hopper.unsupported_reason(problem)
 
 
+def fp8_reason(problem: Problem) -> str | None:
+    """Why the 8-bit Gluon kernel (Hopper) does not take ``problem``'s grid queries, or None if it does.
+    ``NA_ACCEL_GLUON=0`` turns it off too (the Triton kernel has no 8-bit path)."""
+    if os.environ.get("NA_ACCEL_GLUON", "1") == "0":
+        return "the Gluon kernels are turned off by NA_ACCEL_GLUON=0"
+    if not problem.query.is_cuda:
+        return "it needs CUDA tensors on a Hopper GPU"
+    from ..kernels import gluon_hopper_fp8
+
+    return gluon_hopper_fp8.unsupported_reason(problem)
+
+
 class TritonBackend(Backend):
     name = "triton"
 
-    #: which kernel ran the grid queries of the last call: "gluon" or "triton" (diagnostics, benchmarks)
+    #: which kernel ran the grid queries of the last call: "gluon-fp8", "gluon" or "triton" (diagnostics, benchmarks)
     last_path: str | None = None
 
     def unavailable_reason(self, problem: Problem) -> str | None:
@@ -67,6 +80,17 @@ class TritonBackend(Backend):
 
     def forward(self, problem: Problem) -> None:
         q = problem.query
+        if problem.precision == "fp8":
+            reason = fp8_reason(problem)
+            if reason is None:
+                from ..kernels.gluon_hopper_fp8 import gna_forward_fp8
+
+                with torch.cuda.device(q.device):
+                    self.last_path = "gluon-fp8"
+                    gna_forward_fp8(problem)
+                    text_forward(problem)  # dense text queries, if any, in the inputs' precision
+                return
+            record_fp8_fallback(reason)
         if not q.is_cuda:
             self.last_path = "triton"
             gna_forward(problem)

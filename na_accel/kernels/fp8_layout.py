@@ -1,0 +1,185 @@
+"""The layout step of the 8-bit kernel (:mod:`.gluon_hopper_fp8`): one Triton pass that puts Q, K and V in tiled
+token order and quantizes them to float8 e4m3, so that every tile the kernel reads is one TMA box.
+
+Tiled order: the (padded to 3-D) grid is cut into aligned tiles ``(T0, T1, T2)`` of 128 tokens (the kernel's query
+and key tile, :data:`.configs.GLUON`); tile ``t`` (raster order over tiles) holds rows ``[128 t, 128 (t + 1))``, its
+tokens in raster order inside the tile. Tokens past the grid's end (a ragged last tile per axis) are zero rows; the
+kernel never attends to them (their coordinates lie outside every window). Extra (text) keys follow the grid tiles,
+128 per tile, zero past the batch's valid length.
+
+What is stored (``[B * heads]`` rows of each):
+
+* ``q8`` ``[BH, NQ, D]``: Q times ``scale * log2(e)`` (the softmax runs on exp2), one fp32 scale per 64 rows (half a
+  query tile: one consumer warpgroup's rows), ``q_scale [BH, NQ / 64]``;
+* ``k8`` ``[BH, NK, D]``: K minus a per-(batch, head) vector ``k_mean`` (the mean of every 8th grid key: any vector
+  subtracted from every key leaves each query's softmax unchanged, and the mean takes out the channel offsets that
+  would otherwise set the scale), one scale per 128-key tile, ``k_scale [BH, NK / 128]``;
+* ``vt8`` ``[BH, D, NK]``: V transposed (Hopper's 8-bit wgmma reads both operands K-major, so the PV product needs
+  V with the keys contiguous), divided by a per-channel scale ``v_scale [BH, D]`` (max |V| over all keys / 448).
+
+Scales are max|x| / 448 (448: the largest e4m3 value), 1 for all-zero blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+#: The largest finite float8 e4m3 (fn) value: blocks are scaled so that their largest magnitude maps to it
+FP8_MAX = 448.0
+#: Every SMOOTH_STRIDE-th grid key enters the K mean that is subtracted from all keys (any vector keeps softmax
+#: exact; a subsample reads 1/8 of K)
+SMOOTH_STRIDE = 8
+
+
+@triton.jit
+def _absmax_scale(x, axis: tl.constexpr, FP8_MAX: tl.constexpr):
+    """max |x| / FP8_MAX along ``axis`` (1 where the block is all zero)."""
+    amax = tl.max(tl.abs(x), axis=axis)
+    return tl.where(amax > 0.0, amax / FP8_MAX, 1.0)
+
+
+@triton.jit
+def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr, vscale_ptr,
+                       q8_ptr, k8_ptr, vt8_ptr, qs_ptr, ks_ptr,
+                       sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sekb, sekn, sekh, sevb, sevn, sevh,
+                       H, L0, L1, L2, NT1, NT2, NTG, T_EXTRA, NQ, NK, qk_scale,
+                       T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, D: tl.constexpr,
+                       HAS_EXTRA: tl.constexpr, HAS_ELEN: tl.constexpr, FP8_MAX: tl.constexpr):  # fmt: skip
+    """Program (tile t, batch * head): quantize one 128-token tile of Q, K and V (grid tiles t < NTG) or of the
+    extra K and V (t >= NTG) into the tiled 8-bit layout."""
+    BT: tl.constexpr = T0 * T1 * T2
+    HALF: tl.constexpr = BT // 2
+    t = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    r = tl.arange(0, BT)
+    d = tl.arange(0, D)
+    kmean = tl.load(kmean_ptr + bh * D + d)
+    vscale = tl.load(vscale_ptr + bh * D + d)
+    if t < NTG:
+        t2 = t % NT2
+        t1 = (t // NT2) % NT1
+        t0 = t // (NT1 * NT2)
+        x0 = t0 * T0 + r // (T1 * T2)
+        x1 = t1 * T1 + (r // T2) % T1
+        x2 = t2 * T2 + r % T2
+        valid = (x0 < L0) & (x1 < L1) & (x2 < L2)
+        tok = ((x0 * L1 + x1) * L2 + x2).to(tl.int64)
+        gl_mask = valid[:, None] & (d[None, :] >= 0)
+        q = tl.load(q_ptr + b.to(tl.int64) * sqb + h * sqh + tok[:, None] * sqn + d[None, :], mask=gl_mask, other=0.0)
+        k = tl.load(k_ptr + b.to(tl.int64) * skb + h * skh + tok[:, None] * skn + d[None, :], mask=gl_mask, other=0.0)
+        v = tl.load(v_ptr + b.to(tl.int64) * svb + h * svh + tok[:, None] * svn + d[None, :], mask=gl_mask, other=0.0)
+        # Q: two 64-row halves, one scale each
+        q = q.to(tl.float32) * qk_scale
+        row_amax = tl.max(tl.abs(q), axis=1)
+        lo_amax = tl.max(tl.where(r < HALF, row_amax, 0.0), axis=0)
+        hi_amax = tl.max(tl.where(r >= HALF, row_amax, 0.0), axis=0)
+        s_lo = tl.where(lo_amax > 0.0, lo_amax / FP8_MAX, 1.0)
+        s_hi = tl.where(hi_amax > 0.0, hi_amax / FP8_MAX, 1.0)
+        q_row_scale = tl.where(r < HALF, s_lo, s_hi)
+        q8 = (q / q_row_scale[:, None]).to(tl.float8e4nv)
+        q_rows = (bh.to(tl.int64) * NQ + t * BT + r) * D
+        tl.store(q8_ptr + q_rows[:, None] + d[None, :], q8)
+        tl.store(qs_ptr + bh * (NQ // HALF) + 2 * t, s_lo)
+        tl.store(qs_ptr + bh * (NQ // HALF) + 2 * t + 1, s_hi)
+    else:
+        e = (t - NTG) * BT + r
+        if HAS_ELEN:
+            n_valid = tl.minimum(tl.load(elen_ptr + b).to(tl.int32), T_EXTRA)
+        else:
+            n_valid = T_EXTRA
+        valid = e < n_valid
+        gl_mask = valid[:, None] & (d[None, :] >= 0)
+        e64 = e.to(tl.int64)
+        k = tl.load(ek_ptr + b.to(tl.int64) * sekb + h * sekh + e64[:, None] * sekn + d[None, :], mask=gl_mask,
+                    other=0.0)  # fmt: skip
+        v = tl.load(ev_ptr + b.to(tl.int64) * sevb + h * sevh + e64[:, None] * sevn + d[None, :], mask=gl_mask,
+                    other=0.0)  # fmt: skip
+    # K: smoothed, one scale per tile
+    k = tl.where(gl_mask, k.to(tl.float32) - kmean[None, :], 0.0)
+    k_scale = _absmax_scale(tl.max(tl.abs(k), axis=1), 0, FP8_MAX)
+    k8 = (k / k_scale).to(tl.float8e4nv)
+    k_rows = (bh.to(tl.int64) * NK + t * BT + r) * D
+    tl.store(k8_ptr + k_rows[:, None] + d[None, :], k8)
+    tl.store(ks_ptr + bh * (NK // BT) + t, k_scale)
+    # V: per-channel scale, stored transposed [D, NK]
+    v8 = (v.to(tl.float32) / vscale[None, :]).to(tl.float8e4nv)
+    vt_cols = (bh.to(tl.int64) * D + d) * NK + t * BT
+    tl.store(vt8_ptr + vt_cols[None, :] + r[:, None], v8)
+
+
+class TiledFP8(NamedTuple):
+    """The outputs of :func:`quantize_tiled` (see the module docstring)."""
+
+    q8: torch.Tensor  # [BH * NQ, D] float8_e4m3fn
+    k8: torch.Tensor  # [BH * NK, D]
+    vt8: torch.Tensor  # [BH * D, NK]
+    q_scale: torch.Tensor  # [BH, NQ // 64] fp32
+    k_scale: torch.Tensor  # [BH, NK // 128] fp32
+    v_scale: torch.Tensor  # [BH, D] fp32
+    n_q: int  # NQ: grid tiles * 128
+    n_k: int  # NK: (grid tiles + extra tiles) * 128
+    tiles: tuple[int, int, int]  # grid tiles per axis
+    n_grid_tiles: int
+
+
+def smoothing_mean(key: torch.Tensor) -> torch.Tensor:
+    """The vector subtracted from every key: the fp32 mean of every :data:`SMOOTH_STRIDE`-th grid key, ``[B, H, D]``."""
+    return key[:, ::SMOOTH_STRIDE].to(torch.float32).mean(dim=1)
+
+
+def value_scale(value: torch.Tensor, extra_value: torch.Tensor | None) -> torch.Tensor:
+    """Per-channel V scale ``[B, H, D]``: max |V| over grid and extra values / :data:`FP8_MAX` (1 where zero)."""
+    lo, hi = torch.aminmax(value, dim=1)
+    amax = torch.maximum(hi.abs(), lo.abs()).to(torch.float32)
+    if extra_value is not None and extra_value.shape[1] > 0:
+        elo, ehi = torch.aminmax(extra_value, dim=1)
+        amax = torch.maximum(amax, torch.maximum(ehi.abs(), elo.abs()).to(torch.float32))
+    return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+
+
+def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, int], qk_scale: float) -> TiledFP8:
+    """Run the layout step for ``problem`` (fields of :class:`na_accel.ops.dispatch.Problem`) with the kernel's tile
+    ``tile`` (3-D, 128 tokens) over the 3-D grid ``grid3``; ``qk_scale`` multiplies Q before quantization."""
+    p = problem
+    q, k, v = p.query, p.key, p.value
+    batch, _, heads, head_dim = q.shape
+    bt = math.prod(tile)
+    if bt != 128:
+        raise ValueError(f"the 8-bit layout needs 128-token tiles, got {tile}")
+    tiles = tuple(-(-g // t) for g, t in zip(grid3, tile))
+    n_grid_tiles = math.prod(tiles)
+    has_extra = p.extra_key is not None and p.extra_key.shape[1] > 0
+    t_extra = p.extra_key.shape[1] if has_extra else 0
+    has_elen = has_extra and p.extra_lengths is not None
+    n_extra_tiles = -(-t_extra // bt)
+    n_q = n_grid_tiles * bt
+    n_k = (n_grid_tiles + n_extra_tiles) * bt
+    bh = batch * heads
+    dev = q.device
+    f8 = torch.float8_e4m3fn
+    q8 = torch.empty((bh * n_q, head_dim), dtype=f8, device=dev)
+    k8 = torch.empty((bh * n_k, head_dim), dtype=f8, device=dev)
+    vt8 = torch.empty((bh * head_dim, n_k), dtype=f8, device=dev)
+    q_scale = torch.empty((bh, n_q // (bt // 2)), dtype=torch.float32, device=dev)
+    k_scale = torch.empty((bh, n_k // bt), dtype=torch.float32, device=dev)
+    kmean = smoothing_mean(k).contiguous()
+    v_scale = value_scale(v, p.extra_value if has_extra else None).contiguous()
+    ek, ev = (p.extra_key, p.extra_value) if has_extra else (k, v)
+    elen = p.extra_lengths if has_elen else q
+    sq, sk, sv = (t.stride()[:3] for t in (q, k, v))
+    sek, sev = (t.stride()[:3] for t in (ek, ev))
+    _fp8_layout_kernel[(n_grid_tiles + n_extra_tiles, bh)](
+        q, k, v, ek, ev, elen, kmean, v_scale, q8, k8, vt8, q_scale, k_scale,
+        *sq, *sk, *sv, *sek, *sev,
+        heads, *grid3, tiles[1], tiles[2], n_grid_tiles, t_extra, n_q, n_k, float(qk_scale),
+        T0=tile[0], T1=tile[1], T2=tile[2], D=head_dim, HAS_EXTRA=has_extra, HAS_ELEN=has_elen, FP8_MAX=FP8_MAX,
+        num_warps=8,
+    )  # fmt: skip
+    return TiledFP8(q8, k8, vt8, q_scale, k_scale, v_scale.view(bh, head_dim), n_q, n_k, tiles, n_grid_tiles)

@@ -1,0 +1,410 @@
+"""Grid queries with 8-bit operands in Gluon on Hopper (sm_90): :func:`gna_forward_fp8`, the kernel of
+:mod:`.gluon_hopper` on float8 e4m3 operands (Hopper's 8-bit wgmma runs at twice the 16-bit rate).
+:func:`unsupported_reason` says when it cannot run a problem (the ``triton`` backend then runs the call in the
+inputs' precision and reports why).
+
+What changes against the 16-bit kernel:
+
+* Layout: :func:`.fp8_layout.quantize_tiled` first writes Q, K and V in tiled token order as e4m3 (Q per 64-row
+  block and K per 128-key tile with their own scales, K smoothed, V per channel and transposed). Every query tile
+  and key tile is one 2-D TMA box. Key tiles are the aligned tiles of the grid, so the union of a query tile's
+  windows is covered from the aligned tile at or before its start (at most one more tile per axis than the 16-bit
+  kernel's unaligned union; none for GNA whose windows start on tile boundaries: hunyuan-gna, flux4k-gna).
+* QK^T: ``S = (Q8 K8^T) * q_scale * k_scale[j]``, the scales of the consumer's Q block and of key tile j (loaded one
+  tile ahead); Q already carries ``scale * log2(e)``.
+* P is quantized in registers: ``P8 = e4m3(448 * P)``, passed to the PV wgmma as operand A; the row sums ``l`` are
+  taken from P in fp32. PV reads the transposed V tile ``[D, 128]`` (8-bit wgmma wants both operands K-major).
+* Epilogue: ``O = acc * v_scale / (448 * l)``; everything accumulates in fp32 (the wgmma accumulator).
+
+The pipeline is the 16-bit kernel's (a 1-warp TMA producer, two consumer warpgroups of 64 query rows each, a K/V
+ring with ready/empty mbarriers, QK^T of tile j issued before PV of tile j - 1); its tile math (windows, the full
+box F, masks through intended coordinates) is the same code (:func:`.gluon_hopper._window`,
+:func:`.gluon_hopper._tile_softmax`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+
+from . import configs as cfgs
+from .fp8_layout import FP8_MAX, quantize_tiled
+from .gluon_hopper import (
+    _IMPORT_ERROR,
+    _LOG2E,
+    _gluon_jit,
+    _Out,
+    _Shape,
+    _Smem,
+    _Tile,
+    _tile_softmax,
+    _window,
+)
+from .gluon_hopper import unsupported_reason as _gluon_reason
+from .layout import params3
+
+if _IMPORT_ERROR is None:
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    #: P is quantized as e4m3(P_SCALE * P): P <= 1 maps onto the whole e4m3 range
+    _P_SCALE = gl.constexpr(FP8_MAX)
+
+
+class _TilePos(NamedTuple):
+    """Where key tile j of the CTA lies in the tiled layout: grid tile ``((ub0 + j0) * nt1 + ub1 + j1) * nt2 + ub2
+    + j2`` for union tiles, ``ntg + j - n_grid`` for extra tiles."""
+
+    ub0: Any  # aligned union start in tiles, per axis
+    ub1: Any
+    ub2: Any
+    nt1: Any  # grid tiles on axes 1 and 2
+    nt2: Any
+    ntg: Any  # grid tiles in all (the first extra tile)
+    c1: Any  # union length in key tiles on axes 1 and 2
+    c2: Any
+    n_grid: Any  # union key tiles
+
+
+class _Scales(NamedTuple):
+    """Scale pointers of the CTA's (batch, head): Q blocks, K tiles, V channels."""
+
+    q: Any
+    k: Any
+    v: Any
+
+
+class _Load8(NamedTuple):
+    """What the producer needs to address its boxes."""
+
+    q_row: Any  # first row of the query tile in the tiled Q (batch * head folded in)
+    k_row0: Any  # first row of the (batch, head) in the tiled K
+    vt_row: Any  # first row of the (batch, head) in the transposed V ([BH * D, NK])
+    n_tiles: Any
+
+
+@_gluon_jit
+def _tile_index(j, tp):
+    """Index of the CTA's key tile ``j`` in the tiled K / V layout (see :class:`_TilePos`)."""
+    if j < tp.n_grid:
+        j2 = j % tp.c2
+        j1 = (j // tp.c2) % tp.c1
+        j0 = j // (tp.c1 * tp.c2)
+        idx = ((tp.ub0 + j0) * tp.nt1 + tp.ub1 + j1) * tp.nt2 + tp.ub2 + j2
+    else:
+        idx = tp.ntg + j - tp.n_grid
+    return idx
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Device code: consumers
+# --------------------------------------------------------------------------------------------------------------
+
+
+@_gluon_jit
+def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, ROW_BASE: gl.constexpr, shape,
+              ALL_FULL: gl.constexpr):  # fmt: skip
+    """The key tiles of the query tile on 8-bit operands: online softmax into ``acc``, ``m_i``, ``l_i`` (the
+    16-bit kernel's pipeline, :func:`.gluon_hopper._kv_loop`)."""
+    k_bufs = smem.k_bufs
+    v_bufs = smem.v_bufs
+    NUM_STAGES: gl.constexpr = k_bufs.shape[0]
+    dtype: gl.constexpr = k_bufs.dtype
+    o_layout: gl.constexpr = acc.type.layout
+    # P goes to the PV wgmma from registers as operand A, four 8-bit values per 32-bit register (k_width=4)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
+    orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+    n_tiles = tile.n_tiles
+
+    k_sc = gl.load(k_scales + _tile_index(0, tp))
+    k_next = gl.load(k_scales + _tile_index(gl.minimum(n_tiles - 1, 1), tp))
+    mbarrier.wait(smem.k_ready.index(0), 0)
+    s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(0, deps=(s,))
+    mbarrier.arrive(smem.k_empty.index(0), count=1)
+    p, alpha, m_i, l_i = _tile_softmax(s, 0, m_i, l_i, q_scale * k_sc, ROW_BASE, tile, shape, ALL_FULL)
+    p_op = gl.convert_layout((p * _P_SCALE).to(dtype), p_layout)
+    for j in range(1, n_tiles):
+        st = j % NUM_STAGES  # stage of tile j
+        stp = (j - 1) % NUM_STAGES  # stage of tile j - 1
+        k_sc = k_next
+        k_next = gl.load(k_scales + _tile_index(gl.minimum(j + 1, n_tiles - 1), tp))  # one tile ahead
+        mbarrier.wait(smem.k_ready.index(st), (j // NUM_STAGES) & 1)
+        s = warpgroup_mma(q_smem, k_bufs.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        mbarrier.wait(smem.v_ready.index(stp), ((j - 1) // NUM_STAGES) & 1)
+        acc = warpgroup_mma(p_op, v_bufs.index(stp).permute((1, 0)), acc, is_async=True)
+        s = warpgroup_mma_wait(1, deps=(s,))  # QK^T done, PV may still run
+        mbarrier.arrive(smem.k_empty.index(st), count=1)
+        p, alpha, m_i, l_i = _tile_softmax(s, j, m_i, l_i, q_scale * k_sc, ROW_BASE, tile, shape, ALL_FULL)
+        p_lo = (p * _P_SCALE).to(dtype)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(smem.v_empty.index(stp), count=1)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_layout), 1)
+        p_op = gl.convert_layout(p_lo, p_layout)
+    last = n_tiles - 1
+    stp = last % NUM_STAGES
+    mbarrier.wait(smem.v_ready.index(stp), (last // NUM_STAGES) & 1)
+    acc = warpgroup_mma(p_op, v_bufs.index(stp).permute((1, 0)), acc, is_async=True)
+    acc = warpgroup_mma_wait(0, deps=(acc,))
+    mbarrier.arrive(smem.v_empty.index(stp), count=1)
+    return acc, m_i, l_i
+
+
+@_gluon_jit
+def _consumer8(smem, out, tile, tp, scales, q_block, shape, WG: gl.constexpr):
+    """Consumer warpgroup ``WG`` (0 or 1): query rows ``[WG * M, (WG + 1) * M)`` of the tile, stored to ``out``."""
+    q_smem = smem.q_bufs.index(WG)
+    BN: gl.constexpr = smem.k_bufs.shape[1]
+    D: gl.constexpr = smem.k_bufs.shape[2]
+    M: gl.constexpr = q_smem.shape[0]
+    ROW_BASE: gl.constexpr = WG * M
+    # wgmma accumulator layouts (sm_90), instruction m16 x n(BN or D) x k32 (8-bit operands)
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 32])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 32])
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+
+    m_i = gl.full([M], -1.0e30, gl.float32, layout=row_layout)
+    l_i = gl.full([M], 0.0, gl.float32, layout=row_layout)
+    acc = gl.zeros([M, D], gl.float32, layout=o_layout)
+    s_zero = gl.zeros([M, BN], gl.float32, layout=s_layout)
+    q_scale = gl.load(scales.q + q_block + WG)
+
+    mbarrier.wait(smem.q_bar, 0)
+    all_full = tile.nf0 * tile.nf1 * tile.nf2 == tile.n_grid
+    if shape.HAS_EXTRA:
+        all_full = all_full & (tile.n_valid % BN == 0)
+    if all_full:
+        acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, scales.k, q_scale, ROW_BASE,
+                                  shape, True)  # fmt: skip
+    else:
+        acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, scales.k, q_scale, ROW_BASE,
+                                  shape, False)  # fmt: skip
+
+    # epilogue: acc * v_scale / (448 l), masked store of the valid query rows
+    TQ1 = shape.TQ1
+    TQ2 = shape.TQ2
+    orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+    ocol_layout: gl.constexpr = gl.SliceLayout(0, o_layout)
+    l_o = gl.convert_layout(l_i, orow_layout)
+    l_o = gl.where(l_o > 0.0, l_o * _P_SCALE, 1.0)
+    cols = gl.arange(0, D, layout=ocol_layout)
+    v_sc = gl.load(scales.v + cols)
+    o = acc * gl.expand_dims(v_sc, 0) / gl.expand_dims(l_o, 1)
+    ro = ROW_BASE + gl.arange(0, M, layout=orow_layout)
+    y0 = tile.f0 + ro // (TQ1 * TQ2)
+    y1 = tile.f1 + (ro // TQ2) % TQ1
+    y2 = tile.f2 + ro % TQ2
+    L0 = tile.L0
+    L1 = tile.L1
+    L2 = tile.L2
+    valid = (y0 < L0) & (y1 < L1) & (y2 < L2)
+    tok = ((gl.minimum(y0, L0 - 1) * L1 + gl.minimum(y1, L1 - 1)) * L2 + gl.minimum(y2, L2 - 1)).to(gl.int64)
+    ptrs = out.ptr + out.base + gl.expand_dims(tok * out.son, 1) + gl.expand_dims(cols, 0)
+    mask = gl.expand_dims(valid, 1) & gl.expand_dims(cols >= 0, 0)
+    gl.store(ptrs, o.to(out.ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Device code: producer
+# --------------------------------------------------------------------------------------------------------------
+
+
+@_gluon_jit
+def _producer8(q_desc, k_desc, vt_desc, smem, pos, tp):
+    """The 1-warp TMA producer: both Q halves (one box each), then K and transposed V of every key tile into the
+    ring, each stage as soon as both consumers have released it."""
+    k_bufs = smem.k_bufs
+    v_bufs = smem.v_bufs
+    NUM_STAGES: gl.constexpr = k_bufs.shape[0]
+    BN: gl.constexpr = k_bufs.shape[1]
+    M: gl.constexpr = smem.q_bufs.shape[1]
+    tile_bytes: gl.constexpr = k_desc.block_type.nbytes
+
+    mbarrier.expect(smem.q_bar, 2 * q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [pos.q_row, 0], smem.q_bar, smem.q_bufs.index(0))
+    tma.async_copy_global_to_shared(q_desc, [pos.q_row + M, 0], smem.q_bar, smem.q_bufs.index(1))
+    for j in range(pos.n_tiles):
+        st = j % NUM_STAGES
+        ph = (j // NUM_STAGES) & 1
+        idx = _tile_index(j, tp)
+        kb = smem.k_ready.index(st)
+        vb = smem.v_ready.index(st)
+        mbarrier.wait(smem.k_empty.index(st), ph ^ 1)  # the first pass over the ring does not wait
+        mbarrier.expect(kb, tile_bytes)
+        tma.async_copy_global_to_shared(k_desc, [pos.k_row0 + idx * BN, 0], kb, k_bufs.index(st))
+        mbarrier.wait(smem.v_empty.index(st), ph ^ 1)
+        mbarrier.expect(vb, tile_bytes)
+        tma.async_copy_global_to_shared(vt_desc, [pos.vt_row, idx * BN], vb, v_bufs.index(st))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Device code: the kernel
+# --------------------------------------------------------------------------------------------------------------
+
+
+@_gluon_jit
+def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, vs_ptr, sob, son, soh,
+                    H, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, NQ, NK, NTG,
+                    TQ0: gl.constexpr, TQ1: gl.constexpr, TQ2: gl.constexpr,
+                    HAS_EXTRA: gl.constexpr, HAS_ELEN: gl.constexpr, NUM_STAGES: gl.constexpr,
+                    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
+    """Program (query tile, batch * head): tile math (key tiles aligned), shared memory, barriers, partitions."""
+    D: gl.constexpr = k_desc.block_type.shape[1]
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    M: gl.constexpr = q_desc.block_type.shape[0]
+    dtype: gl.constexpr = k_desc.dtype
+    TK0: gl.constexpr = TQ0  # query and key tiles are the same aligned tiles of the grid
+    TK1: gl.constexpr = TQ1
+    TK2: gl.constexpr = TQ2
+
+    pid = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    nt1 = (L1 + TQ1 - 1) // TQ1
+    nt2 = (L2 + TQ2 - 1) // TQ2
+    a2 = pid % nt2
+    a1 = (pid // nt2) % nt1
+    a0 = pid // (nt2 * nt1)
+    f0 = a0 * TQ0
+    f1 = a1 * TQ1
+    f2 = a2 * TQ2
+    e0 = gl.minimum(f0 + TQ0 - 1, L0 - 1)
+    e1 = gl.minimum(f1 + TQ1 - 1, L1 - 1)
+    e2 = gl.minimum(f2 + TQ2 - 1, L2 - 1)
+    lo0, i_hi0 = _window(f0, L0, K0, S0)
+    i_lo0, u_hi0 = _window(e0, L0, K0, S0)
+    lo1, i_hi1 = _window(f1, L1, K1, S1)
+    i_lo1, u_hi1 = _window(e1, L1, K1, S1)
+    lo2, i_hi2 = _window(f2, L2, K2, S2)
+    i_lo2, u_hi2 = _window(e2, L2, K2, S2)
+    # the union starts at the aligned tile that holds its first key
+    ub0 = lo0 // TK0
+    ub1 = lo1 // TK1
+    ub2 = lo2 // TK2
+    u_lo0 = ub0 * TK0
+    u_lo1 = ub1 * TK1
+    u_lo2 = ub2 * TK2
+    c0 = (u_hi0 - u_lo0 + TK0) // TK0
+    c1 = (u_hi1 - u_lo1 + TK1) // TK1
+    c2 = (u_hi2 - u_lo2 + TK2) // TK2
+    fa0 = (i_lo0 - u_lo0 + TK0 - 1) // TK0
+    fa1 = (i_lo1 - u_lo1 + TK1 - 1) // TK1
+    fa2 = (i_lo2 - u_lo2 + TK2 - 1) // TK2
+    nf0 = gl.maximum(gl.minimum((i_hi0 - u_lo0 + 1) // TK0, c0) - fa0, 0)
+    nf1 = gl.maximum(gl.minimum((i_hi1 - u_lo1 + 1) // TK1, c1) - fa1, 0)
+    nf2 = gl.maximum(gl.minimum((i_hi2 - u_lo2 + 1) // TK2, c2) - fa2, 0)
+    n_grid = c0 * c1 * c2
+    if HAS_EXTRA:
+        if HAS_ELEN:
+            n_valid = gl.minimum(gl.load(elen_ptr + b).to(gl.int32), T_EXTRA)
+        else:
+            n_valid = T_EXTRA
+        n_tiles = n_grid + (n_valid + BN - 1) // BN
+    else:
+        n_valid = T_EXTRA
+        n_tiles = n_grid
+    o_base = b.to(gl.int64) * sob + h.to(gl.int64) * soh
+
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([M, D], dtype)
+    k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, D], dtype)
+    vt_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([D, BN], dtype)
+    q_bufs = gl.allocate_shared_memory(dtype, [2, M, D], q_layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN, D], k_layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, D, BN], vt_layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(NUM_STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=2)
+        mbarrier.init(v_empty.index(i), count=2)
+
+    smem = _Smem(q_bufs=q_bufs, k_bufs=k_bufs, v_bufs=v_bufs, q_bar=q_bar, k_ready=k_ready, v_ready=v_ready,
+                 k_empty=k_empty, v_empty=v_empty)  # fmt: skip
+    shape = _Shape(TQ0=TQ0, TQ1=TQ1, TQ2=TQ2, TK0=TK0, TK1=TK1, TK2=TK2, HAS_EXTRA=HAS_EXTRA)
+    out = _Out(ptr=out_ptr, base=o_base, son=son)
+    tile = _Tile(f0=f0, f1=f1, f2=f2, L0=L0, L1=L1, L2=L2, K0=K0, K1=K1, K2=K2, S0=S0, S1=S1, S2=S2,
+                 u_lo0=u_lo0, u_lo1=u_lo1, u_lo2=u_lo2, fa0=fa0, fa1=fa1, fa2=fa2, nf0=nf0, nf1=nf1, nf2=nf2,
+                 c1=c1, c2=c2, n_grid=n_grid, n_valid=n_valid, n_tiles=n_tiles)  # fmt: skip
+    tp = _TilePos(ub0=ub0, ub1=ub1, ub2=ub2, nt1=nt1, nt2=nt2, ntg=NTG, c1=c1, c2=c2, n_grid=n_grid)
+    bh64 = bh.to(gl.int64)
+    scales = _Scales(q=qs_ptr + bh64 * (NQ // M), k=ks_ptr + bh64 * (NK // BN), v=vs_ptr + bh64 * D)
+    pos = _Load8(q_row=bh * NQ + pid * (2 * M), k_row0=bh * NK, vt_row=bh * D, n_tiles=n_tiles)
+    gl.warp_specialize(
+        [
+            (_consumer8, (smem, out, tile, tp, scales, pid * 2, shape, 0)),
+            (_consumer8, (smem, out, tile, tp, scales, pid * 2, shape, 1)),
+            (_producer8, (q_desc, k_desc, vt_desc, smem, pos, tp)),
+        ],
+        [4, 1],
+        [CONSUMER_REGS, PRODUCER_REGS],
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Host side
+# --------------------------------------------------------------------------------------------------------------
+
+
+def unsupported_reason(problem) -> str | None:
+    """Why :func:`gna_forward_fp8` cannot run ``problem`` here, or None if it can: the 16-bit Gluon kernel's
+    conditions (:func:`.gluon_hopper.unsupported_reason`), float8 in this torch, and one tile for queries and keys."""
+    reason = _gluon_reason(problem)
+    if reason is not None:
+        return reason
+    if not hasattr(torch, "float8_e4m3fn"):
+        return "this torch has no float8_e4m3fn"
+    tq, tk = cfgs.GLUON[problem.params.ndim]
+    if tq != tk:
+        return f"the 8-bit kernel needs equal query and key tiles, configs.GLUON has {tq} and {tk}"
+    n_rows = problem.query.shape[0] * problem.query.shape[2] * max(problem.query.shape[-1], 128)
+    n_tok = math.prod(-(-g // t) * t for g, t in zip(params3(problem.params)[0], tq))
+    if n_rows * (n_tok + (problem.extra_key.shape[1] + 127 if problem.extra_key is not None else 0)) >= 2**31:
+        return "the tiled 8-bit tensors would exceed 2**31 rows x columns (TMA coordinates are 32-bit)"
+    return None
+
+
+def _desc(t: torch.Tensor, block: list[int]):
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.float8e4nv)
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+
+def gna_forward_fp8(problem, *, warmup_only: bool = False):
+    """Write the grid queries' outputs of ``problem`` into ``problem.out`` with 8-bit operands (text queries are not
+    handled). Call :func:`unsupported_reason` first. ``warmup_only``: run the layout step, compile the kernel
+    without launching it and return it (bench/ptx_check.py)."""
+    p = problem
+    q = p.query
+    batch, _, heads, head_dim = q.shape
+    grid3, ks3, st3, _, _ = params3(p.params)
+    tq, _ = cfgs.GLUON[p.params.ndim]
+    qk_scale = float(p.scale) * _LOG2E
+    tiled = quantize_tiled(p, tq, grid3, qk_scale)
+    bn = math.prod(tq)
+    q_desc = _desc(tiled.q8, [bn // 2, head_dim])
+    k_desc = _desc(tiled.k8, [bn, head_dim])
+    vt_desc = _desc(tiled.vt8, [head_dim, bn])
+    has_extra = p.extra_key is not None and p.extra_key.shape[1] > 0
+    has_elen = has_extra and p.extra_lengths is not None
+    t_extra = p.extra_key.shape[1] if has_extra else 0
+    elen = p.extra_lengths if has_elen else tiled.q_scale  # dummy pointer when unused
+    sob, son, soh, _ = p.out.stride()
+    launch = (tiled.n_grid_tiles, batch * heads)
+    args = (q_desc, k_desc, vt_desc, p.out, elen, tiled.q_scale, tiled.k_scale, tiled.v_scale, sob, son, soh,
+            heads, *grid3, *ks3, *st3, t_extra, tiled.n_q, tiled.n_k, tiled.n_grid_tiles)  # fmt: skip
+    consts = dict(
+        TQ0=tq[0], TQ1=tq[1], TQ2=tq[2], HAS_EXTRA=has_extra, HAS_ELEN=has_elen, NUM_STAGES=cfgs.GLUON_FP8_STAGES,
+        CONSUMER_REGS=cfgs.GLUON_CONSUMER_REGS, PRODUCER_REGS=cfgs.GLUON_PRODUCER_REGS,
+    )  # fmt: skip
+    if warmup_only:
+        return _gna_fp8_kernel.warmup(*args, **consts, grid=launch, num_warps=4, maxnreg=cfgs.GLUON_MAXNREG)
+    _gna_fp8_kernel[launch](*args, **consts, num_warps=4, maxnreg=cfgs.GLUON_MAXNREG)
+    return None
