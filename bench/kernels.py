@@ -133,7 +133,7 @@ def run_case(name: str, args) -> dict:
     from na_accel.ops.dispatch import get_backend
 
     rec["path"] = getattr(get_backend("triton"), "last_path", None)
-    if rec["path"] == "gluon":
+    if rec["path"] == "gluon" and not args.no_triton_alone:
         # the same call with the Gluon kernel turned off: the Triton kernel alone, side by side
         os.environ["NA_ACCEL_GLUON"] = "0"
         try:
@@ -147,6 +147,9 @@ def run_case(name: str, args) -> dict:
               f"{rec['rel_diff_gluon_vs_triton']:.2e}", flush=True)  # fmt: skip
     print(f"[{name}] ours {rec['ms']:.3f} ms ({rec['tflops']:.0f} TFLOP/s eff), first call {rec['first_call_s']} s, "
           f"config {rec['config']}", flush=True)  # fmt: skip
+
+    if args.fp8:
+        rec.update(_fp8(name, params, x, n_text, out, ours, args))
 
     if params.is_dense and not n_text:
         # what a user gets for a dense problem: auto routes it to SDPA (cuDNN first); "ours" above is the kernel
@@ -206,12 +209,69 @@ def run_case(name: str, args) -> dict:
         del qd, kd, vd
 
     rec["speedup_vs_cudnn"] = rec["cudnn_ms"] / rec["ms"] if rec["cudnn_ms"] else None
+    if rec.get("fp8_ms") and rec["cudnn_ms"]:
+        rec["fp8_speedup_vs_cudnn"] = rec["cudnn_ms"] / rec["fp8_ms"]
+    if rec.get("sage_ms") and rec["cudnn_ms"]:
+        rec["sage_speedup_vs_cudnn"] = rec["cudnn_ms"] / rec["sage_ms"]
     rec["speedup_vs_flex"] = rec["flex_ms"] / rec["ms"] if rec["flex_ms"] else None
     if rec.get("auto_ms") and rec["cudnn_ms"]:
         rec["auto_speedup_vs_cudnn"] = rec["cudnn_ms"] / rec["auto_ms"]
     del ours, x, out
     gc.collect()
     torch.cuda.empty_cache()
+    return rec
+
+
+def _accuracy(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Cosine similarity (per token and head, the worst and the mean) and relative L2 error of ``out`` vs ``ref``."""
+    o, r = out.float(), ref.float()
+    cos = torch.nn.functional.cosine_similarity(o, r, dim=-1)
+    return {"cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
+            "cos_all": float(torch.nn.functional.cosine_similarity(o.flatten(), r.flatten(), dim=0)),
+            "rel_l2": float((o - r).norm() / r.norm())}  # fmt: skip
+
+
+def _fp8(name, params, x, n_text, out_bf16, ours, args) -> dict:
+    """The same call with precision="fp8": time (the layout step included), the layout step alone, accuracy vs the
+    bf16 output; on dense problems also SageAttention 1.0.6 (INT8 QK, per block, smoothed K) when it is installed."""
+    from na_accel.kernels import fp8_layout
+    from na_accel.ops.dispatch import Problem, get_backend
+    from na_accel.ops.precision import fp8_fallbacks
+
+    rec: dict = {}
+    ours8 = functools.partial(ours, precision="fp8")
+    t0 = time.time()
+    out8 = ours8()
+    torch.cuda.synchronize()
+    rec["fp8_first_call_s"] = round(time.time() - t0, 2)
+    rec["fp8_path"] = getattr(get_backend("triton"), "last_path", None)
+    rec["fp8_fallbacks"] = fp8_fallbacks()
+    rec["fp8_ms"] = _bench(ours8, args.quick)
+    rec["fp8_vs_bf16"] = _accuracy(out8, out_bf16)
+    n = params.num_tokens
+    q, k, v = (y[:, :n] for y in x)
+    ek, ev = ((y[:, n:] for y in x[1:]) if n_text else (None, None))
+    p = Problem(q, k, v, params, HEAD_DIM**-0.5, ek, ev, None, None, torch.empty_like(q), None, None, None)
+    tile = configs.GLUON[params.ndim].tq
+    grid3 = configs.tiles(params.grid)
+    rec["fp8_layout_ms"] = _bench(lambda: fp8_layout.quantize_tiled(p, tile, grid3, 1.0), args.quick)
+    print(f"[{name}] fp8 {rec['fp8_ms']:.3f} ms (layout step {rec['fp8_layout_ms']:.3f} ms), path {rec['fp8_path']},"
+          f" first call {rec['fp8_first_call_s']} s, vs bf16 {rec['fp8_vs_bf16']}", flush=True)  # fmt: skip
+    if params.is_dense and not n_text:
+        try:
+            from sageattention import sageattn
+        except ImportError as exc:
+            rec["sage_error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            import importlib.metadata as md
+
+            rec["sage_version"] = md.version("sageattention")
+            f = lambda: sageattn(x[0], x[1], x[2], tensor_layout="NHD", is_causal=False)  # noqa: E731
+            so = f()
+            rec["sage_ms"] = _bench(f, args.quick)
+            rec["sage_vs_bf16"] = _accuracy(so, out_bf16)
+            print(f"[{name}] sageattention {rec['sage_version']} {rec['sage_ms']:.3f} ms, vs bf16 "
+                  f"{rec['sage_vs_bf16']}", flush=True)  # fmt: skip
     return rec
 
 
@@ -287,6 +347,23 @@ def _markdown(records: list, meta: dict) -> str:
             f"{f(r['speedup_vs_cudnn'], '.2f')}x | {f(r['speedup_vs_flex'], '.2f')}x | {r['flop_bound']:.1f}x | "
             f"{f(r.get('tflops'), '.0f')} | {r.get('config') or '-'} |"
         )
+    if any(r.get("fp8_ms") for r in records):
+        lines += ["", "8-bit (`precision=\"fp8\"`, layout step included) against bf16 (ours) and cuDNN bf16, accuracy "
+                  "vs our bf16 output:", "",
+                  "| case | bf16 ms | fp8 ms | layout step ms | fp8 vs bf16 | fp8 vs cuDNN | cos (min) | rel L2 "
+                  "| SageAttention ms | Sage vs cuDNN | Sage cos (min) / rel L2 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in records:
+            if not r.get("fp8_ms"):
+                continue
+            a = r["fp8_vs_bf16"]
+            sa = r.get("sage_vs_bf16")
+            lines.append(
+                f"| {r['case']} | {r['ms']:.2f} | {r['fp8_ms']:.2f} | {r['fp8_layout_ms']:.2f} | "
+                f"{r['ms'] / r['fp8_ms']:.2f}x | {f(r.get('fp8_speedup_vs_cudnn'), '.2f')}x | {a['cos_min']:.5f} | "
+                f"{a['rel_l2']:.4f} | {f(r.get('sage_ms'), '.2f')} | {f(r.get('sage_speedup_vs_cudnn'), '.2f')}x | "
+                f"{'-' if not sa else format(sa['cos_min'], '.5f') + ' / ' + format(sa['rel_l2'], '.4f')} |"
+            )
     for r in records:
         if r.get("triton_kernel_ms"):
             lines.append(
@@ -312,6 +389,9 @@ def main(argv=None) -> int:
     ap.add_argument("--text-sweep", action="store_true", help="time the text-query path alone per config")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     ap.add_argument("--no-cudnn", action="store_true", help="skip cuDNN SDPA")
+    ap.add_argument("--no-triton-alone", action="store_true", help="skip the same call with NA_ACCEL_GLUON=0")
+    ap.add_argument("--fp8", action="store_true",
+                    help="also precision='fp8' (accuracy vs bf16, layout step alone; SageAttention on dense cases)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     args = ap.parse_args(argv)

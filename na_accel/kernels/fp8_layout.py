@@ -17,7 +17,8 @@ What is stored (``[B * heads]`` rows of each):
 * ``vt8`` ``[BH, D, NK]``: V transposed (Hopper's 8-bit wgmma reads both operands K-major, so the PV product needs
   V with the keys contiguous), divided by a per-channel scale ``v_scale [BH, D]`` (max |V| over all keys / 448).
 
-Scales are max|x| / 448 (448: the largest e4m3 value), 1 for all-zero blocks.
+Scales are max|x| / 448 (448: the largest e4m3 value), 1 for all-zero blocks; divisions round to nearest (IEEE), so the
+bytes are exactly PyTorch's ``(x / scale).to(torch.float8_e4m3fn)`` (tests/test_gluon_fp8_gpu.py).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ SMOOTH_STRIDE = 8
 def _absmax_scale(x, axis: tl.constexpr, FP8_MAX: tl.constexpr):
     """max |x| / FP8_MAX along ``axis`` (1 where the block is all zero)."""
     amax = tl.max(tl.abs(x), axis=axis)
-    return tl.where(amax > 0.0, amax / FP8_MAX, 1.0)
+    return tl.where(amax > 0.0, tl.math.div_rn(amax, FP8_MAX), 1.0)
 
 
 @triton.jit
@@ -80,10 +81,10 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
         row_amax = tl.max(tl.abs(q), axis=1)
         lo_amax = tl.max(tl.where(r < HALF, row_amax, 0.0), axis=0)
         hi_amax = tl.max(tl.where(r >= HALF, row_amax, 0.0), axis=0)
-        s_lo = tl.where(lo_amax > 0.0, lo_amax / FP8_MAX, 1.0)
-        s_hi = tl.where(hi_amax > 0.0, hi_amax / FP8_MAX, 1.0)
+        s_lo = tl.where(lo_amax > 0.0, tl.math.div_rn(lo_amax, FP8_MAX), 1.0)
+        s_hi = tl.where(hi_amax > 0.0, tl.math.div_rn(hi_amax, FP8_MAX), 1.0)
         q_row_scale = tl.where(r < HALF, s_lo, s_hi)
-        q8 = (q / q_row_scale[:, None]).to(tl.float8e4nv)
+        q8 = tl.math.div_rn(q, q_row_scale[:, None]).to(tl.float8e4nv)
         q_rows = (bh.to(tl.int64) * NQ + t * BT + r) * D
         tl.store(q8_ptr + q_rows[:, None] + d[None, :], q8)
         tl.store(qs_ptr + bh * (NQ // HALF) + 2 * t, s_lo)
@@ -104,12 +105,12 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
     # K: smoothed, one scale per tile
     k = tl.where(gl_mask, k.to(tl.float32) - kmean[None, :], 0.0)
     k_scale = _absmax_scale(tl.max(tl.abs(k), axis=1), 0, FP8_MAX)
-    k8 = (k / k_scale).to(tl.float8e4nv)
+    k8 = tl.math.div_rn(k, k_scale).to(tl.float8e4nv)
     k_rows = (bh.to(tl.int64) * NK + t * BT + r) * D
     tl.store(k8_ptr + k_rows[:, None] + d[None, :], k8)
     tl.store(ks_ptr + bh * (NK // BT) + t, k_scale)
     # V: per-channel scale, stored transposed [D, NK]
-    v8 = (v.to(tl.float32) / vscale[None, :]).to(tl.float8e4nv)
+    v8 = tl.math.div_rn(v.to(tl.float32), vscale[None, :]).to(tl.float8e4nv)
     vt_cols = (bh.to(tl.int64) * D + d) * NK + t * BT
     tl.store(vt8_ptr + vt_cols[None, :] + r[:, None], v8)
 
@@ -130,7 +131,8 @@ class TiledFP8(NamedTuple):
 
 
 def smoothing_mean(key: torch.Tensor) -> torch.Tensor:
-    """The vector subtracted from every key: the fp32 mean of every :data:`SMOOTH_STRIDE`-th grid key, ``[B, H, D]``."""
+    """The vector subtracted from every key: the fp32 mean of every :data:`SMOOTH_STRIDE`-th grid key
+    ``[B, H, D]``."""
     return key[:, ::SMOOTH_STRIDE].to(torch.float32).mean(dim=1)
 
 
