@@ -7,7 +7,7 @@ set -u
 source bench/gpu_env.sh
 gpu_snapshot "$OUT/gpu.csv"
 CASES=${CASES:-hunyuan-gna,hunyuan-na,flux4k-gna,wan720,dense-equal}
-timeout "${TESTS_S:-200}" python3 -m pytest -q -m gpu tests/test_gluon_fp8_gpu.py -rA -s ${PYTEST_ARGS:-} \
+timeout "${TESTS_S:-200}" python3 -m pytest -q -m gpu tests/test_gluon_fp8_gpu.py -v -rA -s -p no:cacheprovider ${PYTEST_ARGS:-} \
   > "$OUT/fp8-tests.log" 2>&1
 echo "tests rc=$?" | tee -a "$OUT/fp8-tests.log"
 tail -5 "$OUT/fp8-tests.log"

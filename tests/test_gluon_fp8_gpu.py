@@ -69,7 +69,7 @@ def _tiled_index(grid3, tile) -> torch.Tensor:
 
 @pytest.mark.parametrize("grid,extra,lengths", [((9, 16, 16), 0, None), ((5, 11, 13), 40, [40, 17])])
 def test_layout_step_is_torch_rounding(grid, extra, lengths):
-    from na_accel.kernels.fp8_layout import FP8_MAX, quantize_tiled, smoothing_mean, value_scale
+    from na_accel.kernels.fp8_layout import FP8_MAX, pv_column, quantize_tiled, smoothing_mean, value_scale
 
     torch.manual_seed(0)
     b, h, d = 2, 3, 128
@@ -120,7 +120,9 @@ def test_layout_step_is_torch_rounding(grid, extra, lengths):
         e = torch.where(ok, e, 0.0)
         vt = torch.cat([vt, e, e.new_zeros(b * h, pad, d)], 1)
     want_v = (vt / vs).to(f8).transpose(1, 2)
-    assert torch.equal(t.vt8.view(b * h, d, -1).view(torch.uint8), want_v.contiguous().view(torch.uint8))
+    rows = torch.arange(want_v.shape[-1], device=DEV)
+    got_v = t.vt8.view(b * h, d, -1)[..., pv_column(rows)]  # key r of each tile sits at column pv_column(r)
+    assert torch.equal(got_v.view(torch.uint8), want_v.contiguous().view(torch.uint8))
 
 
 CASES = [
@@ -209,14 +211,14 @@ def test_fp8_gates_on_the_trained_model_layers(monkeypatch):
 
     monkeypatch.setattr(plan, "na_joint", capture)
     na_accel.patch(pipe, config="tiny_fast")
-    gen = dict(trained_generation_kwargs(), num_inference_steps=8)
+    gen = dict(trained_generation_kwargs(), num_inference_steps=7)
     with torch.no_grad():
         pipe("a red circle moves to the right on a plain blue background", output_type="latent",
              generator=torch.Generator("cpu").manual_seed(0), **gen)  # fmt: skip
     na_accel.unpatch(pipe)
     assert calls, "the patched model made no sparse attention calls"
     worst = (1.0, 0.0)
-    for q, k, v, grid, num_text, kw in calls[:: max(1, len(calls) // 24)]:
+    for q, k, v, grid, num_text, kw in calls[:: max(1, len(calls) // 12)]:
         for ks in (kw["kernel_size"], (-1,) * len(grid)):
             args = dict(kw, kernel_size=ks, stride=kw["stride"] if ks == kw["kernel_size"] else 1, backend="triton")
             args.pop("precision", None)

@@ -15,7 +15,8 @@ What is stored (``[B * heads]`` rows of each):
   subtracted from every key leaves each query's softmax unchanged, and the mean takes out the channel offsets that
   would otherwise set the scale), one scale per 128-key tile, ``k_scale [BH, NK / 128]``;
 * ``vt8`` ``[BH, D, NK]``: V transposed (Hopper's 8-bit wgmma reads both operands K-major, so the PV product needs
-  V with the keys contiguous), divided by a per-channel scale ``v_scale [BH, D]`` (max |V| over all keys / 448).
+  V with the keys contiguous), divided by a per-channel scale ``v_scale [BH, D]`` (max |V| over all keys / 448);
+  within each 32-key block the keys are stored in the order of :func:`pv_column` (see there).
 
 Scales are max|x| / 448 (448: the largest e4m3 value), 1 for all-zero blocks; divisions round to nearest (IEEE), so the
 bytes are exactly PyTorch's ``(x / scale).to(torch.float8_e4m3fn)`` (tests/test_gluon_fp8_gpu.py).
@@ -42,6 +43,14 @@ def _absmax_scale(x, axis: tl.constexpr, FP8_MAX: tl.constexpr):
     """max |x| / FP8_MAX along ``axis`` (1 where the block is all zero)."""
     amax = tl.max(tl.abs(x), axis=axis)
     return tl.where(amax > 0.0, tl.math.div_rn(amax, FP8_MAX), 1.0)
+
+
+@triton.jit
+def _pv_column(r):
+    """Column of key ``r`` of a tile in the stored V^T tile: within each 32-key block, key bits ``(b4 b3 b2 b1 b0)``
+    go to ``(b4 b2 b1 b3 b0)``, the order in which the kernel hands P to the PV wgmma without moving it between
+    threads (:func:`.gluon_hopper_fp8._p_operand`)."""
+    return (r & ~31) | (r & 16) | ((r & 6) << 1) | ((r & 8) >> 2) | (r & 1)
 
 
 @triton.jit
@@ -112,7 +121,12 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
     # V: per-channel scale, stored transposed [D, NK]
     v8 = tl.math.div_rn(v.to(tl.float32), vscale[None, :]).to(tl.float8e4nv)
     vt_cols = (bh.to(tl.int64) * D + d) * NK + t * BT
-    tl.store(vt8_ptr + vt_cols[None, :] + r[:, None], v8)
+    tl.store(vt8_ptr + vt_cols[None, :] + _pv_column(r)[:, None], v8)
+
+
+def pv_column(r: torch.Tensor) -> torch.Tensor:
+    """Host copy of :func:`_pv_column`: where key ``r`` of a tile sits in the stored V^T tile."""
+    return (r & ~31) | (r & 16) | ((r & 6) << 1) | ((r & 8) >> 2) | (r & 1)
 
 
 class TiledFP8(NamedTuple):

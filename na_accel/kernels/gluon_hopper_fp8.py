@@ -105,6 +105,19 @@ def _tile_index(j, tp):
 
 
 @_gluon_jit
+def _p_operand(p, p_layout: gl.constexpr):
+    """P (fp32, wgmma accumulator layout) as the 8-bit A operand of the PV wgmma, with no data movement between
+    threads: within each 32-key block the accumulator holds keys ``(b4 b3 b2 b1 b0)`` in the register slots where the
+    8-bit A operand expects keys ``(b4 b2 b1 b3 b0)``, so the keys are relabeled (reshape + permute, a register
+    renaming) instead of exchanged; the layout step stores V with the same relabeling (``fp8_layout``)."""
+    M: gl.constexpr = p.shape[0]
+    BN: gl.constexpr = p.shape[1]
+    p8 = (p * _P_SCALE).to(gl.float8e4nv)
+    p8 = p8.reshape([M, BN // 32, 2, 2, 2, 2, 2]).permute((0, 1, 2, 4, 5, 3, 6)).reshape([M, BN])
+    return gl.convert_layout(p8, p_layout)
+
+
+@_gluon_jit
 def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, ROW_BASE: gl.constexpr, shape,
               ALL_FULL: gl.constexpr):  # fmt: skip
     """The key tiles of the query tile on 8-bit operands: online softmax into ``acc``, ``m_i``, ``l_i`` (the
@@ -112,7 +125,6 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, 
     k_bufs = smem.k_bufs
     v_bufs = smem.v_bufs
     NUM_STAGES: gl.constexpr = k_bufs.shape[0]
-    dtype: gl.constexpr = k_bufs.dtype
     o_layout: gl.constexpr = acc.type.layout
     # P goes to the PV wgmma from registers as operand A, four 8-bit values per 32-bit register (k_width=4)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
@@ -126,7 +138,7 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, 
     s = warpgroup_mma_wait(0, deps=(s,))
     mbarrier.arrive(smem.k_empty.index(0), count=1)
     p, alpha, m_i, l_i = _tile_softmax(s, 0, m_i, l_i, q_scale * k_sc, ROW_BASE, tile, shape, ALL_FULL)
-    p_op = gl.convert_layout((p * _P_SCALE).to(dtype), p_layout)
+    p_op = _p_operand(p, p_layout)
     for j in range(1, n_tiles):
         st = j % NUM_STAGES  # stage of tile j
         stp = (j - 1) % NUM_STAGES  # stage of tile j - 1
@@ -139,11 +151,10 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, 
         s = warpgroup_mma_wait(1, deps=(s,))  # QK^T done, PV may still run
         mbarrier.arrive(smem.k_empty.index(st), count=1)
         p, alpha, m_i, l_i = _tile_softmax(s, j, m_i, l_i, q_scale * k_sc, ROW_BASE, tile, shape, ALL_FULL)
-        p_lo = (p * _P_SCALE).to(dtype)
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(smem.v_empty.index(stp), count=1)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_layout), 1)
-        p_op = gl.convert_layout(p_lo, p_layout)
+        p_op = _p_operand(p, p_layout)
     last = n_tiles - 1
     stp = last % NUM_STAGES
     mbarrier.wait(smem.v_ready.index(stp), (last // NUM_STAGES) & 1)
