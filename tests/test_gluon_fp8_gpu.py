@@ -24,6 +24,11 @@ from na_accel.ops.dispatch import Problem
 from na_accel.ops.precision import fp8_fallbacks, reset_fp8_fallbacks
 from na_accel.ops.semantics import make_params
 
+try:
+    from fp8_expected import expected_tiled
+except ImportError:  # pragma: no cover - tests/ made a package
+    from tests.fp8_expected import expected_tiled
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -57,19 +62,9 @@ def _gates(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return cos, rel
 
 
-def _tiled_index(grid3, tile) -> torch.Tensor:
-    """Raster token index of every row of the tiled layout (-1: padding)."""
-    nt = [-(-g // t) for g, t in zip(grid3, tile)]
-    t0, t1, t2, i0, i1, i2 = torch.meshgrid(*(torch.arange(n) for n in (*nt, *tile)), indexing="ij")
-    x = (t0 * tile[0] + i0, t1 * tile[1] + i1, t2 * tile[2] + i2)
-    valid = (x[0] < grid3[0]) & (x[1] < grid3[1]) & (x[2] < grid3[2])
-    idx = (x[0] * grid3[1] + x[1]) * grid3[2] + x[2]
-    return torch.where(valid, idx, -1).flatten()
-
-
 @pytest.mark.parametrize("grid,extra,lengths", [((9, 16, 16), 0, None), ((5, 11, 13), 40, [40, 17])])
 def test_layout_step_is_torch_rounding(grid, extra, lengths):
-    from na_accel.kernels.fp8_layout import FP8_MAX, pv_column, quantize_tiled, smoothing_mean, value_scale
+    from na_accel.kernels.fp8_layout import quantize_tiled
 
     torch.manual_seed(0)
     b, h, d = 2, 3, 128
@@ -80,49 +75,13 @@ def test_layout_step_is_torch_rounding(grid, extra, lengths):
     if extra:
         ek, ev = (torch.randn(b, extra, h, d, device=DEV, dtype=torch.bfloat16) for _ in range(2))
         el = torch.tensor(lengths, device=DEV, dtype=torch.int32)
-    p = _problem(q, k, v, grid, 3, ek=ek, ev=ev, lengths=el)
     tile = configs.GLUON[3].tq
-    t = quantize_tiled(p, tile, grid, 0.7)
-    idx = _tiled_index(grid, tile).to(DEV)
-    valid = idx >= 0
-    f8 = torch.float8_e4m3fn
-
-    def tiled(x):  # [B, N, H, D] -> [B*H, rows, D], zero padding rows
-        y = x.float().permute(0, 2, 1, 3).reshape(b * h, n, d)[:, idx.clamp(min=0)]
-        return torch.where(valid[None, :, None], y, 0.0)
-
-    qt = tiled(q) * 0.7
-    q_amax = qt.abs().view(b * h, -1, 64, d).amax(dim=(2, 3))
-    q_scale = torch.where(q_amax > 0, q_amax / FP8_MAX, 1.0)
-    torch.testing.assert_close(t.q_scale, q_scale, rtol=0, atol=0)
-    want_q = (qt / q_scale.repeat_interleave(64, 1)[..., None]).to(f8)
-    assert torch.equal(t.q8.view(b * h, -1, d).view(torch.uint8), want_q.view(torch.uint8))
-
-    mean = smoothing_mean(k).view(b * h, 1, d)
-    kt = torch.where(valid[None, :, None], tiled(k) - mean, 0.0)
-    if extra:
-        e = ek.float().permute(0, 2, 1, 3).reshape(b * h, extra, d) - mean
-        ok = (torch.arange(extra, device=DEV)[None] < el.repeat_interleave(h)[:, None])[..., None]
-        e = torch.where(ok, e, 0.0)
-        pad = -(-extra // 128) * 128 - extra
-        kt = torch.cat([kt, e, e.new_zeros(b * h, pad, d)], 1)
-    k_amax = kt.abs().view(b * h, -1, 128, d).amax(dim=(2, 3))
-    k_scale = torch.where(k_amax > 0, k_amax / FP8_MAX, 1.0)
-    torch.testing.assert_close(t.k_scale, k_scale, rtol=0, atol=0)
-    want_k = (kt / k_scale.repeat_interleave(128, 1)[..., None]).to(f8)
-    assert torch.equal(t.k8.view(b * h, -1, d).view(torch.uint8), want_k.view(torch.uint8))
-
-    vs = value_scale(v, ev).view(b * h, 1, d)
-    torch.testing.assert_close(t.v_scale, vs.view(b * h, d), rtol=0, atol=0)
-    vt = tiled(v)
-    if extra:
-        e = ev.float().permute(0, 2, 1, 3).reshape(b * h, extra, d)
-        e = torch.where(ok, e, 0.0)
-        vt = torch.cat([vt, e, e.new_zeros(b * h, pad, d)], 1)
-    want_v = (vt / vs).to(f8).transpose(1, 2)
-    rows = torch.arange(want_v.shape[-1], device=DEV)
-    got_v = t.vt8.view(b * h, d, -1)[..., pv_column(rows)]  # key r of each tile sits at column pv_column(r)
-    assert torch.equal(got_v.view(torch.uint8), want_v.contiguous().view(torch.uint8))
+    got = quantize_tiled(_problem(q, k, v, grid, 3, ek=ek, ev=ev, lengths=el), tile, grid, 0.7)
+    want = expected_tiled(q, k, v, ek, ev, el, grid, tile, 0.7)
+    for name in ("q_scale", "k_scale", "v_scale"):
+        torch.testing.assert_close(getattr(got, name), want[name], rtol=0, atol=0)
+    for name in ("q8", "k8", "vt8"):
+        assert torch.equal(getattr(got, name).view(want[name].shape).view(torch.uint8), want[name].view(torch.uint8))
 
 
 CASES = [
