@@ -214,6 +214,37 @@ def test_generate_sparse_config_runs_sparse(tmp_path, one_prompt):
     assert all(row["sparse_calls"] == 2 and row["kernel_size"] == [2, 3, 3] for row in meta["patch"]["layers"])
 
 
+def test_generate_precision_fp8_falls_back_on_cpu(tmp_path, one_prompt):
+    """--precision fp8 sets the precision of the config's defaults and rules: the name gets -fp8, the sidecar's layers
+    and summary say fp8 and, on a CPU, why it fell back; the frames equal the bf16 run's (the inputs' precision)."""
+    runs = {}
+    for precision in ("bf16", "fp8"):
+        out = tmp_path / precision
+        r = invoke("generate", one_prompt, "--config", TINY_DEMO, "--precision", precision, "--frames", FRAMES,
+                   "--steps", 2, "--out", out, "-q")  # fmt: skip
+        assert r.exit_code == 0, r.output
+        (video,) = out.glob("*.mp4")
+        runs[precision] = (r, video, json.loads(video.with_suffix(".json").read_text()))
+    r, video, meta = runs["fp8"]
+    assert video.name == "000_a-red-fox-in-the-snow__tiny_demo-fp8__tiny-random-weight-model.mp4"
+    assert "precision: fp8 for the defaults and every rule of tiny_demo (--precision)" in r.stderr
+    assert meta["config"] == "tiny_demo-fp8" and meta["config_source"] == str(TINY_DEMO)
+    patch = meta["patch"]
+    n_layers = len(patch["layers"])
+    assert all(row["precision"] == "fp8" for row in patch["layers"])
+    # step 0 dense (answered by GNA over the whole grid in fp8), step 1 sparse
+    assert patch["attention_calls"] == {"sparse": n_layers, "dense": n_layers, "fallback": 0, "compiled": 0}
+    assert patch["fp8_fallbacks"] and all("has no 8-bit path" in k for k in patch["fp8_fallbacks"])
+    assert sum(patch["fp8_fallbacks"].values()) == 2 * n_layers  # every call of the run
+    assert "precision=fp8" in patch["summary"] and "precision fp8 fell back" in patch["summary"]
+    r_bf16, video_bf16, meta_bf16 = runs["bf16"]
+    assert "precision:" not in r_bf16.stderr  # tiny_demo is bf16 already: config and name unchanged
+    assert video_bf16.name == "000_a-red-fox-in-the-snow__tiny_demo__tiny-random-weight-model.mp4"
+    assert meta_bf16["patch"]["fp8_fallbacks"] == {} and "fp8" not in meta_bf16["patch"]["summary"]
+    assert all(row["precision"] == "bf16" for row in meta_bf16["patch"]["layers"])
+    assert all(np.array_equal(a, b) for a, b in zip(mp4_frames(video), mp4_frames(video_bf16), strict=True))
+
+
 def _generate_png(one_prompt, out, *args, height: int, width: int) -> dict:
     """``na-accel generate`` of one image (2 steps) into ``out``: checks the PNG's size, returns its JSON sidecar."""
     r = invoke("generate", one_prompt, *args, "--height", height, "--width", width, "--steps", 2, "--out", out, "-q")
@@ -501,6 +532,11 @@ def _bad_cases(tmp_path: Path, prompts: Path) -> dict[str, tuple[list, str]]:
         "missing config file": (["ab", prompts, "--configs", f"dense,{tmp_path / 'no.yaml'}"], "not found"),
         "config for another model": (["generate", prompts, "--config", "flux_fast"], "FluxTransformer2DModel"),
         "dense and config": (["generate", prompts, "--dense", "--config", "hunyuan_fast"], "mutually exclusive"),
+        "unknown precision": (
+            ["generate", prompts, "--precision", "fp16"],
+            "--precision 'fp16' is not one of bf16, fp8 (bf16: the inputs' own dtype; fp8: 8-bit operands on Hopper",
+        ),
+        "dense and fp8": (["generate", prompts, "--dense", "--precision", "fp8"], "applies to a patched run"),
         "height not a multiple": (["generate", prompts, "--dense", "--height", 50], "multiple of 16"),
         "frames not 4k+1": (["generate", prompts, "--dense", "--frames", 8], "4k+1"),
         "frames for an image model": (
@@ -554,6 +590,8 @@ CASE_NAMES = [
     "missing config file",
     "config for another model",
     "dense and config",
+    "unknown precision",
+    "dense and fp8",
     "height not a multiple",
     "frames not 4k+1",
     "frames for an image model",

@@ -147,6 +147,12 @@ def _v1(**kw):
             _v1(defaults={"backend": "cuda"}),
             ["defaults.backend", "'auto', 'sdpa', 'triton', 'flex', 'masked_sdpa', 'reference'"],
         ),
+        (
+            _v1(defaults={"precision": "fp16"}),
+            ["defaults.precision: expected one of 'bf16', 'fp8', got 'fp16'.", "Did you mean 'bf16'?"],
+        ),
+        (_v1(layers=[{"match": "a", "precision": 8}]), ["layers[0].precision: expected one of 'bf16', 'fp8', got 8."]),
+        (_v1(layers=[{"match": "a", "dense": True, "precision": "fp8"}]), ["layers[0]", "takes no window settings"]),
         (_v1(defaults=[1]), ["defaults: expected a mapping"]),
         (_v1(layers={"match": "x"}), ["layers: expected a list of rules"]),
         (_v1(layers=[{"dense": True}]), ["layers[0].match: missing required key"]),
@@ -281,3 +287,37 @@ def test_rules_by_step_errors(layers, message):
     with pytest.raises(ConfigError) as err:
         config_from_dict({"version": 1, "layers": layers})
     assert message in str(err.value)
+
+
+def test_precision():
+    """``precision`` in ``defaults`` and in rules, like ``backend``: bf16 by default, inherited by rules that do not
+    set it, shown by describe() when not bf16, in to_dict(); with_precision() sets it for the defaults and every
+    rule (rules dense by rule run in the defaults' precision)."""
+    assert WindowSpec().precision == "bf16" and "precision" not in WindowSpec().describe()
+    cfg = config_from_dict({
+        "version": 1,
+        "defaults": {"kernel_size": 3, "precision": "fp8"},
+        "layers": [{"match": "a", "precision": "bf16"}, {"match": "b", "kernel_size": 5},
+                   {"match": "c", "dense": True}, {"match": "d", "steps": [2, -1], "precision": "bf16"}],
+    })  # fmt: skip
+    assert cfg.defaults.precision == "fp8" and cfg.layers[0].precision == "bf16" and cfg.layers[1].precision is None
+    assert cfg.window_for("a")[1].precision == "bf16" and cfg.window_for("b")[1].precision == "fp8"
+    assert cfg.window_for("d", 1)[1].precision == "fp8" and cfg.window_for("d", 2)[1].precision == "bf16"
+    assert cfg.window_for("b")[1].describe() == "kernel_size=5 stride=1 precision=fp8"
+    assert cfg.window_for("a")[1].describe() == "kernel_size=3 stride=1"
+    d = cfg.to_dict()
+    assert d["defaults"]["precision"] == "fp8" and d["layers"][0]["precision"] == "bf16"
+    assert "precision" not in d["layers"][1] and d["layers"][2] == {"match": "c", "dense": True}
+    again = load_config(d)
+    assert again.defaults == cfg.defaults and again.layers == cfg.layers
+    assert load_config({"version": 1}).to_dict()["defaults"]["precision"] == "bf16"
+
+    bf16 = cfg.with_precision("bf16")
+    assert bf16.defaults.precision == "bf16" and cfg.defaults.precision == "fp8"  # a copy
+    assert all(bf16.window_for(n, s)[1].precision == "bf16" for n in "abd" for s in (None, 0, 5))
+    assert bf16.window_for("c") == (cfg.layers[2], None)
+    assert bf16.layers[1].kernel_size == 5 and bf16.dense_steps == cfg.dense_steps
+    assert load_config(bf16.to_dict()).layers == bf16.layers
+    assert cfg.with_precision("fp8").window_for("a")[1].precision == "fp8"
+    with pytest.raises(ConfigError, match="precision: expected one of 'bf16', 'fp8', got 'int8'"):
+        cfg.with_precision("int8")

@@ -145,3 +145,26 @@ def test_call_counts_under_compile_match_eager(family):
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the compiled steps ran the sparse pattern
     torch._dynamo.reset()
+
+
+def test_compiled_fp8_dense_and_sparse_steps_have_no_graph_break():
+    """precision fp8 under compile_repeated_blocks(fullgraph=True): dense steps and layers dense by rule go through
+    GNA too (whole-grid window) without a graph break, with the eager outputs and call counts."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    m = tiny_transformer("hunyuan")
+    kw = inputs("hunyuan", text_lengths=[5, 8])
+    config = {"version": 1, "defaults": {**SPARSE["hunyuan"], "dense_steps": 1, "precision": "fp8"},
+              "layers": [{"match": "transformer_blocks.0.attn", "dense": True}]}  # fmt: skip
+    steps = [{**kw, "timestep": torch.full((2,), t)} for t in (900.0, 800.0)]  # dense, sparse
+    with torch.no_grad():
+        with na_accel.patched(m, config=config):
+            eager = [run(m, s) for s in steps]
+        with na_accel.patched(m, config=config) as handle:
+            m.compile_repeated_blocks(fullgraph=True, backend="eager")
+            compiled = [run(m, s) for s in steps]
+            counts = handle.call_counts()
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert all(torch.equal(a, b) for a, b in zip(compiled, eager, strict=True))
+    assert counts == {"sparse": 3, "dense": 5, "fallback": 0, "compiled": 8}
+    torch._dynamo.reset()

@@ -615,3 +615,172 @@ def test_two_models_of_one_family_patched_independently(monkeypatch):
         ha.unpatch()
         hb.unpatch()
     assert not hasattr(mod.dispatch_attention_fn, "_na_accel_original")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# precision: fp8 (8-bit operands on Hopper; on the CPU every fp8 call falls back to the inputs' precision)
+# --------------------------------------------------------------------------------------------------------------
+
+FIRST_LAYER = {"hunyuan": "transformer_blocks.0.attn", "flux": "transformer_blocks.0.attn",
+               "cosmos": "transformer_blocks.0.attn1", "wan": "blocks.0.attn1"}  # fmt: skip
+
+
+def precision_config(family: str, precision: str) -> dict:
+    """One dense step, the family's sparse window, the first layer dense by rule and (joint families) the second
+    layer with a window covering the whole grid."""
+    layers = [{"match": FIRST_LAYER[family], "dense": True}]
+    if family in TEXT_FIRST:
+        layers.append({"match": "transformer_blocks.1.attn", "kernel_size": -1})
+    return {"version": 1, "defaults": {**SPARSE[family], "dense_steps": 1, "precision": precision}, "layers": layers}
+
+
+def two_steps(family: str, **kw) -> list[dict]:
+    """Forward kwargs of a dense step (step 0) and a sparse step (step 1) of one generation."""
+    first = inputs(family, **kw)
+    return [first, {**first, "timestep": first["timestep"] * 0.8}]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_precision_fp8_on_cpu_gives_the_bf16_output_and_says_why(family):
+    """On the CPU every fp8 call (sparse, dense step, whole-grid window, dense by rule) runs in the inputs' precision:
+    the output is the bf16 config's (bit for bit where na_accel's dense path keeps diffusers' token order; FLUX's
+    text comes first, so its dense calls match up to rounding), and the summary gives the reasons and counts."""
+    from na_accel.ops.precision import fp8_fallbacks, reset_fp8_fallbacks
+
+    m = model(family)
+    steps = two_steps(family, text_lengths=[5, 8] if family in TEXT_FIRST else None)
+    outs, texts, rows, fallbacks = {}, {}, {}, {}
+    for precision in ("bf16", "fp8"):
+        reset_fp8_fallbacks()
+        with na_accel.patched(m, config=precision_config(family, precision)) as handle:
+            outs[precision] = [run(m, kw) for kw in steps]
+            assert handle.step == 1
+            texts[precision] = handle.summary()
+            rows[precision] = {r["layer"]: r for r in handle.layer_plans()}
+        fallbacks[precision] = fp8_fallbacks()
+    for bf16, fp8 in zip(outs["bf16"], outs["fp8"], strict=True):
+        if family == "flux":
+            torch.testing.assert_close(fp8, bf16, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(fp8, bf16)
+    assert fallbacks["bf16"] == {}
+    assert fallbacks["fp8"] and all("has no 8-bit path" in reason for reason in fallbacks["fp8"]), fallbacks
+    n_calls = sum(fallbacks["fp8"].values())
+    assert n_calls == 2 * len(rows["fp8"])  # every layer, both steps
+    text = texts["fp8"]
+    assert "; precision: fp8" in text and "precision=fp8" in text
+    assert "dense: true (precision=fp8, the defaults')" in text
+    line = next(ln for ln in text.splitlines() if "precision fp8 fell back" in ln)
+    for reason, n in fallbacks["fp8"].items():
+        assert f"{n} call{'s' if n != 1 else ''}: {reason}" in line
+    assert "fp8" not in texts["bf16"]
+    first = FIRST_LAYER[family]
+    assert all(r["precision"] == "fp8" for r in rows["fp8"].values())
+    assert all(r["precision"] == "bf16" for r in rows["bf16"].values())
+    # dense by rule: left to the original attention in bf16; installed in fp8, its calls counted as dense
+    assert rows["bf16"][first]["patched"] is False and rows["bf16"][first]["dense_calls"] == 0
+    assert rows["fp8"][first]["patched"] is True
+    assert (rows["fp8"][first]["dense_calls"], rows["fp8"][first]["sparse_calls"]) == (2, 0)
+    counts = ("sparse_calls", "dense_calls", "fallback_calls")
+    for name, row in rows["fp8"].items():
+        if name != first:
+            assert [row[k] for k in counts] == [rows["bf16"][name][k] for k in counts], name
+
+
+def _record_gna_calls(monkeypatch) -> list[tuple]:
+    """Record ``(kernel_size, stride, precision)`` of every na_joint / na_flat call of the patch layer."""
+    import na_accel.patching.plan as plan_mod
+
+    calls: list[tuple] = []
+
+    def recorder(real):
+        def call(*args, **kwargs):
+            calls.append((tuple(kwargs["kernel_size"]), kwargs["stride"], kwargs["precision"]))
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("na_joint", "na_flat"):
+        monkeypatch.setattr(plan_mod, name, recorder(getattr(plan_mod, name)))
+    return calls
+
+
+@pytest.mark.parametrize("family", ["hunyuan", "wan"])
+def test_precision_fp8_dense_calls_run_gna_over_the_whole_grid(family, monkeypatch):
+    """With fp8, dense steps, whole-grid windows and layers dense by rule go to GNA with the whole grid as window
+    (kernel_size -1, stride 1) and precision fp8, counted as dense calls; with bf16 GNA sees only the sparse calls."""
+    calls = _record_gna_calls(monkeypatch)
+    m = model(family)
+    steps = two_steps(family, text_lengths=[5, 8] if family in TEXT_FIRST else None)
+    n_layers = 4 if family in TEXT_FIRST else 2
+    sparse = SPARSE[family]
+    for precision in ("bf16", "fp8"):
+        whole = ((-1, -1, -1), 1, precision)
+        window = (tuple(sparse["kernel_size"]), tuple(sparse["stride"]), precision)
+        # per step, the calls in layer order: the first layer dense by rule, (joint families) a whole-grid window
+        expected = {
+            0: [whole] * n_layers if precision == "fp8" else [],
+            1: ([whole] if precision == "fp8" else [])
+            + ([whole] if family in TEXT_FIRST and precision == "fp8" else [])
+            + [window] * (n_layers - (2 if family in TEXT_FIRST else 1)),
+        }
+        with na_accel.patched(m, config=precision_config(family, precision)) as handle:
+            for step, kw in enumerate(steps):
+                calls.clear()
+                before = handle.call_counts()
+                run(m, kw)
+                assert handle.step == step
+                assert calls == expected[step], (precision, step, calls)
+                after = handle.call_counts()
+                got = {k: after[k] - before[k] for k in ("sparse", "dense", "fallback")}
+                n_sparse = len([c for c in expected[1] if c == window]) if step == 1 else 0
+                n_dense = (n_layers if step == 0 else n_layers - n_sparse) - (precision == "bf16")
+                assert got == {"sparse": n_sparse, "dense": n_dense, "fallback": 0}, (precision, step, got)
+
+
+def test_precision_fp8_keeps_what_probes_see(monkeypatch):
+    """A probe that observes dense calls sees the same calls with fp8 as with bf16 (layers dense by rule never)."""
+    family = "hunyuan"
+    m = model(family)
+    steps = two_steps(family, text_lengths=[5, 8])
+
+    class Probe:
+        observe_dense = True
+
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self, call):
+            self.seen.append((call.layer, call.step, call.params))
+
+    seen = {}
+    for precision in ("bf16", "fp8"):
+        probe = Probe()
+        with na_accel.patched(m, config=precision_config(family, precision)) as handle:
+            handle.set_probe(probe)
+            for kw in steps:
+                run(m, kw)
+        seen[precision] = probe.seen
+    assert seen["fp8"] == seen["bf16"]
+    assert all(layer != FIRST_LAYER[family] for layer, _, _ in seen["fp8"])
+    assert [p is None for _, step, p in seen["fp8"] if step == 0] == [True] * 3
+    assert sum(p is not None for _, _, p in seen["fp8"]) == 2
+
+
+def test_precision_fp8_dense_call_under_autograd_runs_the_original_and_says_why():
+    """A dense call GNA cannot answer (autograd recording) runs the original attention, counted as an fp8 fallback."""
+    from na_accel.ops.precision import fp8_fallbacks, reset_fp8_fallbacks
+
+    family = "wan"
+    m = model(family)
+    kw = inputs(family)
+    config = precision_config(family, "fp8")
+    with torch.enable_grad():
+        ref = run(m, kw)
+        reset_fp8_fallbacks()
+        with na_accel.patched(m, config=config) as handle:
+            out = run(m, kw)  # step 0: dense
+            counts = handle.call_counts()
+    assert torch.equal(out, ref)
+    assert counts == {"sparse": 0, "dense": 2, "fallback": 0, "compiled": 0}
+    assert fp8_fallbacks() == {"autograd is recording: dense calls run the original attention": 2}

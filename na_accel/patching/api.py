@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import AlreadyPatchedError, ConfigError, UnsupportedModelError
+from ..ops.precision import fp8_fallbacks
 from .config import NAConfig, load_config
 from .families import adapter_for, supported_models_text
 from .hooks import SchedulerHook, TransformerPatch
@@ -105,8 +106,9 @@ class PatchHandle:
 
     def layer_plans(self) -> list[dict[str, Any]]:
         """One dict per self-attention layer: transformer, layer, rule and window (for the last seen grid and step),
-        reason, and call counts (``sparse_calls``, ``dense_calls``, ``fallback_calls``; ``compiled_calls`` of them
-        ran inside torch.compile and are counted from the forward's plan)."""
+        reason, precision (``bf16`` or ``fp8``: of its GNA calls, and of its dense calls where that is fp8), and call
+        counts (``sparse_calls``, ``dense_calls``, ``fallback_calls``; ``compiled_calls`` of them ran inside
+        torch.compile and are counted from the forward's plan)."""
         rows = []
         for p in self._patches:
             for layer in p.layers:
@@ -120,6 +122,7 @@ class PatchHandle:
                     "dilation": None if layer.params is None else layer.params.dilation,
                     "grid": layer.grid,
                     "dense_reason": layer.reason if layer.params is None else None,
+                    "precision": "bf16" if layer.static_reason is not None else layer.spec.precision,
                     "sparse_calls": layer.stats.sparse,
                     "dense_calls": layer.stats.dense,
                     "fallback_calls": layer.stats.fallback,
@@ -144,7 +147,8 @@ class PatchHandle:
 
     def summary(self) -> str:
         """Readable per-layer plan: which layer got which window (resolved for the last seen grid, and the rule as
-        configured), which stayed dense and why, and call counts."""
+        configured), which stayed dense and why, and call counts; for a config with precision fp8, the reasons and
+        counts of the calls in this process that fell back to the inputs' precision (``fp8_fallbacks()``)."""
         cfg = self.config
         name = f"preset {cfg.name!r} ({cfg.source})" if cfg.name else cfg.source
         lines = [f"na_accel patch{'' if self._active else ' (removed)'}: config {name}"]
@@ -155,6 +159,7 @@ class PatchHandle:
         lines.append(
             f"  dense_steps: {cfg.dense_steps} (the first steps of each generation run dense); "
             f"on_oversize: {d.on_oversize}; backend: {d.backend}"
+            + (f"; precision: {d.precision}" if d.precision != "bf16" else "")
         )
         gen = self._tracker
         if gen.step is not None:
@@ -165,6 +170,10 @@ class PatchHandle:
             )
         for p in self._patches:
             lines.extend(p.summary_lines())
+        fallbacks = fp8_fallbacks()
+        if fallbacks and (d.precision == "fp8" or any(r.precision == "fp8" for r in cfg.layers)):
+            counts = "; ".join(f"{n} call{'s' if n != 1 else ''}: {reason}" for reason, n in fallbacks.items())
+            lines.append(f"  precision fp8 fell back to the inputs' precision (in this process): {counts}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

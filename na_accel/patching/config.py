@@ -16,6 +16,7 @@ initial denoising steps everything stays dense::
       dense_steps: 15               # first N denoising steps dense
       on_oversize: clamp            # window larger than the grid at run time: clamp or raise
       backend: auto
+      precision: bf16               # operands of the attention kernel: bf16 (the inputs' dtype) or fp8
     layers:                         # exact module name first, then "re:" regex (first match), then "_default"
       - match: "transformer_blocks.0.attn"
         dense: true
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..ops.precision import PRECISIONS
 from ..ops.semantics import GNAParams, make_params
 
 __all__ = [
@@ -65,7 +67,7 @@ ON_OVERSIZE = ("clamp", "raise")
 AxisValue = int | float
 
 _TOP_KEYS = ("version", "model", "description", "measured", "defaults", "layers", "quality")
-_WINDOW_KEYS = ("kernel_size", "stride", "dilation", "is_causal", "on_oversize", "backend")
+_WINDOW_KEYS = ("kernel_size", "stride", "dilation", "is_causal", "on_oversize", "backend", "precision")
 _DEFAULT_KEYS = _WINDOW_KEYS + ("dense_steps",)
 _RULE_KEYS = ("match", "steps", "dense") + _WINDOW_KEYS
 _QUALITY_KEYS = ("min_psnr", "min_ssim", "max_latent_rel_l2", "min_latent_cosine")
@@ -86,6 +88,9 @@ class WindowSpec:
     is_causal: bool | tuple[bool, ...] = False
     on_oversize: str = "clamp"
     backend: str = "auto"
+    #: operands of the attention kernel (:data:`~na_accel.ops.precision.PRECISIONS`): "bf16", the inputs' own dtype,
+    #: or "fp8", 8-bit operands on Hopper GPUs (elsewhere the call falls back to the inputs' precision)
+    precision: str = "bf16"
 
     def describe(self) -> str:
         def fmt(v):
@@ -98,6 +103,8 @@ class WindowSpec:
             parts.append(f"dilation={fmt(self.dilation)}")
         if self.is_causal is not False:
             parts.append(f"is_causal={fmt(self.is_causal)}")
+        if self.precision != "bf16":
+            parts.append(f"precision={self.precision}")
         return " ".join(parts)
 
     def resolve(self, grid: Sequence[int], where: str = "") -> ResolvedWindow:
@@ -195,6 +202,7 @@ class LayerRule:
     is_causal: Any = None
     on_oversize: str | None = None
     backend: str | None = None
+    precision: str | None = None
     steps: tuple[int, int | None] | None = None  # (first, last) denoising steps, inclusive; last None: to the end
     index: int = 0  # position in the ``layers`` list (for messages)
 
@@ -359,6 +367,14 @@ class NAConfig:
                         f"{model_name} has {ndim} axes. Allowed: a list of {ndim} values or one value for all axes."
                     )
 
+    def with_precision(self, precision: str) -> NAConfig:
+        """A copy whose defaults and every rule run in ``precision`` (one of
+        :data:`~na_accel.ops.precision.PRECISIONS`; :class:`ConfigError` otherwise), e.g. from ``--precision``."""
+        _choice(precision, PRECISIONS, self.source, "precision")
+        # a rule that sets no precision takes the defaults'
+        layers = tuple(replace(r, precision=None) for r in self.layers)
+        return replace(self, defaults=replace(self.defaults, precision=precision), layers=layers)
+
     def to_dict(self) -> dict:
         """The config in the YAML schema (round-trips through :func:`load_config`)."""
 
@@ -379,6 +395,7 @@ class NAConfig:
             "dense_steps": self.dense_steps,
             "on_oversize": d.on_oversize,
             "backend": d.backend,
+            "precision": d.precision,
         }
         layers = []
         for r in self.layers:
@@ -535,6 +552,8 @@ def _window_fields(data: Mapping, source: str, path: str) -> dict:
         out["on_oversize"] = _choice(data["on_oversize"], ON_OVERSIZE, source, f"{path}.on_oversize")
     if "backend" in data:
         out["backend"] = _choice(data["backend"], BACKENDS, source, f"{path}.backend")
+    if "precision" in data:
+        out["precision"] = _choice(data["precision"], PRECISIONS, source, f"{path}.precision")
     return out
 
 

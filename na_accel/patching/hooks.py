@@ -10,7 +10,8 @@ How a patched denoising step flows (diffusers 0.42.1):
    unchanged (QKV, QK-norm, RoPE, concatenation) and its ``dispatch_attention_fn`` call reaches
    :meth:`.plan.LayerPatch.attend`, which computes GNA with :func:`na_accel.ops.functional.na_joint` /
    :func:`~na_accel.ops.functional.na_flat` or declines (dense layer, dense step, unrecognised situation), in which
-   case the original function runs with the identical arguments. Under diffusers' context parallelism the call
+   case the original function runs with the identical arguments; where the layer's precision is fp8, its dense calls
+   run GNA over the whole grid instead (the 8-bit kernel on Hopper). Under diffusers' context parallelism the call
    carries a parallel config and the rank's local tokens; :func:`.parallel.attend_context_parallel` then runs GNA
    inside diffusers' Ulysses attention, or declines.
 3. When a probe is set (:attr:`TransformerPatch.probe`, through :meth:`.api.PatchHandle.set_probe`), every eager
@@ -42,6 +43,7 @@ from .parallel import context_parallel_summary
 from .plan import AttentionProbe, ForwardPlan, LayerPatch, StepTracker
 
 logger = logging.getLogger("na_accel")
+
 
 class TransformerPatch:
     """Everything installed on one transformer; undone by :meth:`remove`."""
@@ -88,7 +90,8 @@ class TransformerPatch:
             rule, window = config.window_for(name)
             by_step = bool(config.step_rules_for(name))  # rules with `steps`: the window is chosen every step
             static_reason = None
-            if window is None and not by_step:
+            if window is None and not by_step and config.defaults.precision != "fp8":
+                # dense by rule at every step: the original attention answers it, unless its dense calls run fp8
                 static_reason = f"rule '{rule.match}' says dense: true"
             proc = module.processor
             proc_cls = type(proc)
@@ -214,6 +217,8 @@ class TransformerPatch:
                 lines.append(f"  {layer.name:<{width}}  dense: {layer.static_reason}")
                 continue
             configured = "dense: true" if layer.window is None else layer.window.describe()
+            if layer.window is None and layer.spec.precision != "bf16":
+                configured += f" (precision={layer.spec.precision}, the defaults')"
             if layer.by_step:
                 n_rules = len(self.config.step_rules_for(layer.name))
                 configured += f" (at the last step seen; {n_rules} rule(s) by step)"

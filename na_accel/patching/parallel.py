@@ -334,16 +334,16 @@ def _gna_forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_ca
             raise NotImplementedError("dense fallback inside the Ulysses forward op has no logsumexp")
         lse = None
     else:
-        params, backend = layer.params, layer.window.backend
+        params, backend, precision = layer.params, layer.window.backend, layer.window.precision
         if layout.num_text:
             res = na_joint(query, key, value, layout.grid, layout.num_text, kernel_size=params.kernel_size,
                            stride=params.stride, dilation=params.dilation, is_causal=params.is_causal, scale=scale,
                            text_first=layout.text_first, text_lengths=lengths, backend=backend,
-                           return_lse=return_lse)  # fmt: skip
+                           return_lse=return_lse, precision=precision)  # fmt: skip
         else:
             res = na_flat(query, key, value, layout.grid, kernel_size=params.kernel_size, stride=params.stride,
                           dilation=params.dilation, is_causal=params.is_causal, scale=scale, backend=backend,
-                          return_lse=return_lse)  # fmt: skip
+                          return_lse=return_lse, precision=precision)  # fmt: skip
         out, lse = res if return_lse else (res, None)
         if not torch.compiler.is_compiling():
             layer.stats.sparse += 1

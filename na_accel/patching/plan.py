@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from ..ops.functional import na_flat, na_joint
+from ..ops.precision import record_fp8_fallback
 from ..ops.semantics import GNAParams
 from .config import LayerRule, ResolvedWindow, WindowSpec
 from .families.base import Layout, key_padding_lengths, mask_shape_reason
@@ -148,7 +149,13 @@ class LayerStats:
 
 
 class LayerPatch:
-    """One planned attention module: its rule, its window for the current grid, and its wrapper."""
+    """One planned attention module: its rule, its window for the current grid, and its wrapper.
+
+    Planned dense calls (dense steps, windows covering the grid, rules with ``dense: true``) run the original
+    attention, except where the precision in force (:attr:`spec`) is ``fp8``: GNA then answers them with a window
+    covering the whole grid, so the 8-bit kernel runs dense steps too (:meth:`_dense_fp8`). A layer dense by a rule
+    without ``steps`` is installed only for that (``dense_by_rule``; the defaults' precision is fp8).
+    """
 
     def __init__(self, owner: TransformerPatch, name: str, module, rule: LayerRule | None, window: WindowSpec | None,
                  static_reason: str | None, by_step: bool = False) -> None:  # fmt: skip
@@ -157,6 +164,8 @@ class LayerPatch:
         self.module = module
         self.rule = rule  # the rule in force (at the current step when by_step)
         self.window = window  # None: dense by rule (or not patchable)
+        #: a rule without ``steps`` keeps this layer dense at every step
+        self.dense_by_rule = window is None and not by_step
         #: rules with ``steps`` match this layer: :meth:`prepare` picks the rule and window for each step
         self.by_step = by_step
         self._step_choice: dict[int | None, tuple[LayerRule | None, WindowSpec | None]] = {}
@@ -169,6 +178,8 @@ class LayerPatch:
         self.grid: tuple[int, ...] | None = None  # the last seen token grid
         self.params: GNAParams | None = None  # GNA params for the current grid; None: dense
         self.reason: str | None = static_reason  # why params is None
+        if self.dense_by_rule and static_reason is None:
+            self.reason = f"rule '{rule.match}' says dense: true"
         self.stats = LayerStats()
         self._calls_at_forward_start: int | None = None  # stats.total when the current forward began
         self.called_in_compiled = False  # set by an attention call traced into compiled code, during this forward
@@ -194,12 +205,21 @@ class LayerPatch:
 
     # ---- planning (eager, in the pre-hook) --------------------------------------------------------------------
 
+    @property
+    def spec(self) -> WindowSpec:
+        """The settings in force (precision, backend): the window's, or for a layer dense by rule the defaults'."""
+        return self.window if self.window is not None else self.owner.config.defaults
+
     def prepare(self, grid: tuple[int, ...], step: int | None = None) -> None:
         """Resolve the window for this forward's token ``grid`` (and, for a layer with rules by step, choose the
         rule in force at denoising ``step``)."""
         if self.static_reason is not None:
             return
         self.grid = grid
+        if self.dense_by_rule:
+            self.resolved, self.params = None, None
+            self.reason = f"rule '{self.rule.match}' says dense: true"
+            return
         if self.by_step:
             choice = self._step_choice.get(step)
             if choice is None:
@@ -234,10 +254,13 @@ class LayerPatch:
             logger.debug("na_accel: %s falls back to dense attention: %s", self.name, reason)
         return None
 
-    def _dense(self):
-        """Planned dense (dense step, dense window, unrecognised forward); the reason is in the plan / layer."""
+    def _dense(self, fp8_fallback: str | None = None):
+        """Planned dense (dense step, dense window, unrecognised forward); the reason is in the plan / layer.
+        ``fp8_fallback``: why a dense call in fp8 runs the original attention in the inputs' precision."""
         if not torch.compiler.is_compiling():
             self.stats.dense += 1
+            if fp8_fallback is not None:
+                record_fp8_fallback(fp8_fallback)
         return None
 
     def attend(self, args: tuple, kwargs: dict):
@@ -249,8 +272,11 @@ class LayerPatch:
             return self._decline("no plan: the transformer's forward pre-hook did not run for this call")
         if plan.dense or self.params is None:
             probe = self.owner.probe
-            if probe is not None and getattr(probe, "observe_dense", False) and plan.layout is not None:
+            if (probe is not None and getattr(probe, "observe_dense", False) and plan.layout is not None
+                    and not self.dense_by_rule):  # fmt: skip
                 self._probe_dense(probe, plan, args, kwargs)
+            if plan.layout is not None and self.spec.precision == "fp8":
+                return self._dense_fp8(plan, args, kwargs)
             return self._dense()
         call = self._read_call(args, kwargs)
         if isinstance(call, str):
@@ -265,19 +291,46 @@ class LayerPatch:
             return self._decline(lengths)
         layout = plan.layout
         p = self.params
-        backend = self.window.backend
-        if layout.num_text:
-            out = na_joint(q, k, v, layout.grid, layout.num_text, kernel_size=p.kernel_size, stride=p.stride,
-                           dilation=p.dilation, is_causal=p.is_causal, scale=scale, text_first=layout.text_first,
-                           text_lengths=lengths, backend=backend)  # fmt: skip
-        else:
-            out = na_flat(q, k, v, layout.grid, kernel_size=p.kernel_size, stride=p.stride, dilation=p.dilation,
-                          is_causal=p.is_causal, scale=scale, backend=backend)  # fmt: skip
+        out = self._gna(layout, q, k, v, scale, lengths, p)
         if not torch.compiler.is_compiling():
             self.stats.sparse += 1
             probe = self.owner.probe
             if probe is not None:
                 probe(ProbeCall(self.owner.label, self.name, plan.step, layout, p, q, k, lengths, scale))
+        return out
+
+    def _gna(self, layout: Layout, q, k, v, scale, lengths, p: GNAParams | None):
+        """GNA over the layout's grid (and text) with window ``p`` (None: the whole grid) in the settings in force."""
+        spec = self.spec
+        if p is None:
+            ks, st, dl, cz = (-1,) * len(layout.grid), 1, 1, False
+        else:
+            ks, st, dl, cz = p.kernel_size, p.stride, p.dilation, p.is_causal
+        if layout.num_text:
+            return na_joint(q, k, v, layout.grid, layout.num_text, kernel_size=ks, stride=st, dilation=dl,
+                            is_causal=cz, scale=scale, text_first=layout.text_first, text_lengths=lengths,
+                            backend=spec.backend, precision=spec.precision)  # fmt: skip
+        return na_flat(q, k, v, layout.grid, kernel_size=ks, stride=st, dilation=dl, is_causal=cz, scale=scale,
+                       backend=spec.backend, precision=spec.precision)  # fmt: skip
+
+    def _dense_fp8(self, plan: ForwardPlan, args: tuple, kwargs: dict):
+        """A planned dense call where the precision in force is fp8: GNA with a window covering the whole grid (the
+        8-bit kernel on Hopper; elsewhere ``na_joint`` / ``na_flat`` fall back to the inputs' precision and count
+        it). A call GNA could not answer (the checks of a sparse call, context parallelism, autograd) runs the
+        original attention in the inputs' precision, counted as an fp8 fallback."""
+        call = self._read_call(args, kwargs)
+        if isinstance(call, str):
+            return self._dense(fp8_fallback=f"a dense call GNA cannot answer ({call}) runs the original attention")
+        q, k, v, mask, scale, parallel_config = call
+        if parallel_config is not None:
+            return self._dense(fp8_fallback="context parallelism: dense calls run diffusers' own attention")
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return self._dense(fp8_fallback="autograd is recording: dense calls run the original attention")
+        lengths = self._grid_text_lengths(plan, q, mask)
+        if isinstance(lengths, str):
+            return self._dense(fp8_fallback=f"a dense call GNA cannot answer ({lengths}) runs the original attention")
+        out = self._gna(plan.layout, q, k, v, scale, lengths, None)
+        self._dense()
         return out
 
     @staticmethod

@@ -22,9 +22,11 @@ output directory is created with the first file, so a run that fails before writ
 * ``generate``: ``<out>/<NNN>_<prompt-slug>__<config>[-ran-dense][__tiny-random-weight-model].{mp4,png}``
   (``-ran-dense``: the config made no sparse attention call, so the output equals dense) and a ``.json`` sidecar
   with: file, kind (video|image), model, model_id, model_class, transformer_class, family, random_weights,
-  config, config_source, patch (summary text, per-layer plan, attention_calls {sparse, dense, fallback,
-  compiled} of this prompt's run, ran_sparse; null for dense), prompt, prompt_index, seed (= --seed + prompt
-  index), output_index and outputs_per_prompt (``--num-videos N``: N files ``...__v1`` to ``__vN`` per prompt, one
+  config (``-<precision>`` added when ``--precision`` changed it), config_source, patch (summary text, per-layer
+  plan, attention_calls {sparse, dense, fallback, compiled} and fp8_fallbacks {reason: calls that asked for fp8
+  and ran in the inputs' precision} of this prompt's run, ran_sparse; null for dense), prompt, prompt_index,
+  seed (= --seed + prompt index),
+  output_index and outputs_per_prompt (``--num-videos N``: N files ``...__v1`` to ``__vN`` per prompt, one
   batch), height, width, frames, fps, steps, generation_kwargs (every setting the pipeline ran with: its
   defaults, the model's and the user's values), offload, vae_tiling, cache (spec, the diffusers config that ran),
   compile (backend, fullgraph, blocks), prompt_truncation ([{tokenizer, tokenizer_class, tokens, limit,
@@ -122,6 +124,15 @@ DtypeOpt = Annotated[
     str | None, typer.Option("--dtype", help="float32|bfloat16|float16 (default: bf16 on CUDA, fp32 on CPU).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="bf16|fp8: operands of the attention kernel for the config's defaults and every rule (default: the "
+        "config's). fp8: 8-bit operands on Hopper GPUs, dense steps included; elsewhere it falls back to the inputs' "
+        "precision and the patch summary says why.",
+    ),
+]
 
 
 def _one_line(msg: str) -> str:
@@ -243,6 +254,7 @@ def generate(
         typer.Option("--config", "-c", help="Preset name or YAML path (default: the model family's preset)."),
     ] = None,
     dense: Annotated[bool, typer.Option("--dense", help="Run the unpatched (dense) model.")] = False,
+    precision: PrecisionOpt = None,
     height: HeightOpt = None,
     width: WidthOpt = None,
     frames: FramesOpt = None,
@@ -313,6 +325,7 @@ def generate(
         prompts = read_prompts(prompt_file)
         if dense and config is not None and config not in ("dense", "none"):
             _fail("--dense and --config are mutually exclusive")
+        _check_precision(precision, dense or config in ("dense", "none"))
         _preflight(model, height=height, width=width, frames=frames, steps=steps, seed=seed,
                    n_prompts=len(prompts), device=device, dtype=dtype, offload=offload,
                    guidance_scale=guidance_scale, true_cfg_scale=true_cfg_scale, num_videos=num_videos, fps=fps,
@@ -326,7 +339,7 @@ def generate(
         device = ranks.start(ulysses, device)  # --ulysses N: join torchrun's process group; this rank's device
         lm = _load(model, device, dtype, quiet, offload=offload)
         ranks.enable(lm.pipe, echo=_info)
-        rc = rc or _default_cfg(lm)
+        rc = _with_precision(rc or _default_cfg(lm), precision)
         from .generate import generation_kwargs
 
         kw = generation_kwargs(lm, height, width, frames, steps, negative_prompt=negative_prompt,
@@ -385,6 +398,33 @@ def _resolve_cfg(config: str | None, dense: bool) -> Any:
     return None
 
 
+def _check_precision(precision: str | None, dense: bool) -> None:
+    """Validate ``--precision`` before the model is loaded."""
+    from ..ops.precision import PRECISIONS
+
+    if precision is None:
+        return
+    if precision not in PRECISIONS:
+        _fail(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)} (bf16: the inputs' own dtype; fp8: "
+              "8-bit operands on Hopper GPUs)")  # fmt: skip
+    if dense and precision != "bf16":
+        _fail(f"--precision {precision} applies to a patched run; --dense runs the unpatched model in its own dtype")
+
+
+def _with_precision(rc: Any, precision: str | None) -> Any:
+    """``rc`` with ``--precision`` for its defaults and every rule; its name (output files, sidecars) gets
+    ``-<precision>`` when that changes the config."""
+    from .generate import ResolvedConfig
+
+    if precision is None or rc.config is None:
+        return rc
+    cfg = rc.config.with_precision(precision)
+    if cfg == rc.config:
+        return rc
+    _info(f"precision: {precision} for the defaults and every rule of {rc.name} (--precision)")
+    return ResolvedConfig(f"{rc.name}-{precision}", rc.source, cfg)
+
+
 def _default_cfg(lm: Any) -> Any:
     from .generate import resolve_config
 
@@ -439,6 +479,7 @@ def _settings(kw: dict, frames: Any) -> dict[str, Any]:
 def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out: Path, progress: bool,
                   write: bool = True, parallel: dict | None = None, fps: int | None = None,
                   stack: dict | None = None) -> None:  # fmt: skip
+    from ..ops.precision import fp8_fallbacks
     from ..quality.run import run_pipeline
     from . import media
     from .bench import plan_rows
@@ -465,6 +506,7 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
             s = seed + i
             _info(f"[{i + 1}/{n}] {rc.name}: {prompt!r} (seed {s})")
             before = handle.call_counts() if handle is not None else None
+            fp8_before = fp8_fallbacks()
             with watch_truncation(lm.pipe, prompt) as cut:
                 r = run_pipeline(lm.pipe, prompt, s, progress=progress, **kw)
             warnings: list[str] = []
@@ -480,6 +522,9 @@ def _run_generate(lm: Any, rc: Any, prompts: list[str], kw: dict, seed: int, out
                     "summary": handle.summary(),
                     "layers": plan_rows(handle),
                     "attention_calls": calls,
+                    "fp8_fallbacks": {
+                        k: n - fp8_before.get(k, 0) for k, n in fp8_fallbacks().items() if n > fp8_before.get(k, 0)
+                    },
                     "ran_sparse": ran_sparse,
                 }
                 if not ran_sparse:
