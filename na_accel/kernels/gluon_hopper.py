@@ -537,29 +537,39 @@ def _gna_gluon_kernel(q_desc, k_desc, v_desc, ek_desc, ev_desc, out_ptr, elen_pt
 # --------------------------------------------------------------------------------------------------------------
 
 
-def unsupported_reason(problem) -> str | None:
-    """Why :func:`gna_forward_gluon` cannot run ``problem`` here, or None if it can (grid queries only)."""
+def device_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why the Gluon kernels cannot run on tensors of this CUDA device, dtype and head dim, or None."""
     if _IMPORT_ERROR is not None:
         return f"Gluon's Hopper API is not importable ({_IMPORT_ERROR})"
     if INTERPRETED:
         return "TRITON_INTERPRET is set (Gluon kernels do not run in the interpreter)"
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return "it needs CUDA tensors"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major != 9:
+        return f"it needs a Hopper GPU (compute capability 9.x), this one is {major}.{minor}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"dtype {dtype} (only float16 / bfloat16)"
+    if head_dim not in (64, 128):
+        return f"head dim {head_dim} (only 64 and 128)"
+    return None
+
+
+def unsupported_reason(problem) -> str | None:
+    """Why :func:`gna_forward_gluon` cannot run ``problem`` here, or None if it can (grid queries only)."""
     p = problem
     q, k, v = p.query, p.key, p.value
     has_extra = p.extra_key is not None and p.extra_key.shape[1] > 0
     tensors = [q, k, v, p.out] + ([p.extra_key, p.extra_value] if has_extra else [])
+    reason = device_reason(q.device, q.dtype, q.shape[-1])
+    if reason is not None:
+        return reason
     if not all(t.is_cuda for t in tensors):
         return "it needs CUDA tensors"
-    if not torch.cuda.is_available():
-        return "CUDA is not available"
-    major, minor = torch.cuda.get_device_capability(q.device)
-    if major != 9:
-        return f"it needs a Hopper GPU (compute capability 9.x), this one is {major}.{minor}"
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        return f"dtype {q.dtype} (only float16 / bfloat16)"
     if any(t.dtype != q.dtype for t in tensors[1:3] + tensors[4:]):
         return "query, key, value and extra tensors must share one dtype"
     head_dim = q.shape[-1]
-    if head_dim not in (64, 128) or k.shape[-1] != head_dim or v.shape[-1] != head_dim:
+    if k.shape[-1] != head_dim or v.shape[-1] != head_dim:
         return f"head dim {head_dim} (only 64 and 128)"
     params = p.params
     if any(d != 1 for d in params.dilation):

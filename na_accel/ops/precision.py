@@ -10,8 +10,11 @@ once per reason (warning) and counted in :func:`fp8_fallbacks`, which the patch 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
+
+import torch
 
 logger = logging.getLogger("na_accel")
 
@@ -32,6 +35,25 @@ def check_precision(precision, where: str = "precision") -> str:
             "('bf16': the inputs' own dtype; 'fp8': 8-bit operands on Hopper GPUs)."
         )
     return precision
+
+
+_DEVICE_REASONS: dict[tuple, str | None] = {}
+
+
+def fp8_device_reason(t: torch.Tensor) -> str | None:
+    """Why the 8-bit kernel cannot run on tensors like ``t`` (``[..., head dim]``: its device, dtype and head dim),
+    or None if it can; cached per (device, dtype, head dim). ``NA_ACCEL_GLUON=0`` turns it off."""
+    if os.environ.get("NA_ACCEL_GLUON", "1") == "0":
+        return "the Gluon kernels are turned off by NA_ACCEL_GLUON=0"
+    key = (t.device, t.dtype, t.shape[-1])
+    if key not in _DEVICE_REASONS:
+        try:
+            from ..kernels.gluon_hopper import device_reason
+        except ImportError as exc:  # no Triton
+            _DEVICE_REASONS[key] = f"Triton is not importable ({exc})"
+        else:
+            _DEVICE_REASONS[key] = device_reason(t.device, t.dtype, t.shape[-1])
+    return _DEVICE_REASONS[key]
 
 
 def record_fp8_fallback(reason: str) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from ..ops.functional import na_flat, na_joint
-from ..ops.precision import record_fp8_fallback
+from ..ops.precision import fp8_device_reason, record_fp8_fallback
 from ..ops.semantics import GNAParams
 from .config import LayerRule, ResolvedWindow, WindowSpec
 from .families.base import Layout, key_padding_lengths, mask_shape_reason
@@ -329,6 +329,10 @@ class LayerPatch:
         lengths = self._grid_text_lengths(plan, q, mask)
         if isinstance(lengths, str):
             return self._dense(fp8_fallback=f"a dense call GNA cannot answer ({lengths}) runs the original attention")
+        if q.is_cuda and (reason := fp8_device_reason(q)) is not None:
+            # on a GPU where the 8-bit kernel cannot run, diffusers' own dense attention (cuDNN / flash) beats GNA's
+            # dense path in 16 bits
+            return self._dense(fp8_fallback=f"{reason}: dense calls run the original attention")
         out = self._gna(plan.layout, q, k, v, scale, lengths, None)
         self._dense()
         return out
