@@ -334,12 +334,22 @@ def _consumer(smem, out, tile, qk_scale, shape, WG: gl.constexpr):
         acc, m_i, l_i = _kv_loop(q_smem, smem, acc, m_i, l_i, s_zero, tile, qk_scale, ROW_BASE, shape, False)
 
     # epilogue: acc / l, masked store of the valid query rows (strided output, pointer store)
-    TQ1 = shape.TQ1
-    TQ2 = shape.TQ2
     orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
     l_o = gl.convert_layout(l_i, orow_layout)
     l_o = gl.where(l_o > 0.0, l_o, 1.0)
-    o = acc / gl.expand_dims(l_o, 1)
+    _store_rows(acc / gl.expand_dims(l_o, 1), out, tile, shape, ROW_BASE)
+
+
+@_gluon_jit
+def _store_rows(o, out, tile, shape, ROW_BASE: gl.constexpr):
+    """Store the outputs ``o`` ([M, D], wgmma accumulator layout) of query rows ``ROW_BASE + [0, M)`` of the tile:
+    the valid rows only, at their tokens' raster positions."""
+    M: gl.constexpr = o.shape[0]
+    D: gl.constexpr = o.shape[1]
+    o_layout: gl.constexpr = o.type.layout
+    orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+    TQ1 = shape.TQ1
+    TQ2 = shape.TQ2
     ro = ROW_BASE + gl.arange(0, M, layout=orow_layout)
     y0 = tile.f0 + ro // (TQ1 * TQ2)
     y1 = tile.f1 + (ro // TQ2) % TQ1
@@ -432,23 +442,42 @@ def _producer(descs, smem, pos, shape, qoff):
 
 
 @_gluon_jit
-def _gna_gluon_kernel(q_desc, k_desc, v_desc, ek_desc, ev_desc, out_ptr, elen_ptr, sob, son, soh,
-                      H, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, qk_scale,
-                      TQ0: gl.constexpr, TQ1: gl.constexpr, TQ2: gl.constexpr,
-                      TK0: gl.constexpr, TK1: gl.constexpr, TK2: gl.constexpr,
-                      QOFF0: gl.constexpr, QOFF1: gl.constexpr, QOFF2: gl.constexpr,
-                      HAS_EXTRA: gl.constexpr, HAS_ELEN: gl.constexpr, NUM_STAGES: gl.constexpr,
-                      CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
-    """Program (query tile, batch * head): the tile math, shared memory and barriers, then the three partitions."""
-    D: gl.constexpr = k_desc.block_type.shape[4]
-    BN: gl.constexpr = TK0 * TK1 * TK2
-    M: gl.constexpr = (TQ0 * TQ1 * TQ2) // 2  # query rows per consumer warpgroup
-    dtype: gl.constexpr = k_desc.dtype
+def _shared_ring(dtype: gl.constexpr, v_dtype: gl.constexpr, M: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
+                 NUM_STAGES: gl.constexpr, V_T: gl.constexpr):  # fmt: skip
+    """Shared memory of a CTA (:class:`_Smem`) in the swizzled (NVMMA) layout that TMA writes and wgmma reads, its
+    mbarriers initialised. ``V_T``: V tiles stored transposed, ``[D, BN]`` (the 8-bit kernel)."""
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([M, D], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, D], dtype)
+    q_bufs = gl.allocate_shared_memory(dtype, [2, M, D], q_layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN, D], kv_layout)
+    if V_T:
+        vt_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([D, BN], v_dtype)
+        v_bufs = gl.allocate_shared_memory(v_dtype, [NUM_STAGES, D, BN], vt_layout)
+    else:
+        v_bufs = gl.allocate_shared_memory(v_dtype, [NUM_STAGES, BN, D], kv_layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(NUM_STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=2)  # one arrive per consumer warpgroup
+        mbarrier.init(v_empty.index(i), count=2)
+    return _Smem(q_bufs=q_bufs, k_bufs=k_bufs, v_bufs=v_bufs, q_bar=q_bar, k_ready=k_ready, v_ready=v_ready,
+                 k_empty=k_empty, v_empty=v_empty)  # fmt: skip
 
-    pid = gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // H
-    h = bh % H
+
+@_gluon_jit
+def _key_tiles(pid, b, elen_ptr, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA,
+               TQ0: gl.constexpr, TQ1: gl.constexpr, TQ2: gl.constexpr,
+               TK0: gl.constexpr, TK1: gl.constexpr, TK2: gl.constexpr, BN: gl.constexpr,
+               HAS_EXTRA: gl.constexpr, HAS_ELEN: gl.constexpr, ALIGN: gl.constexpr):  # fmt: skip
+    """The tile math of query tile ``pid`` (raster order over the grid's query tiles) of batch ``b``: its
+    :class:`_Tile`, and the first union key tile per axis in tiles of ``TK`` (meaningful with ``ALIGN``). The union
+    of the tile's windows starts at its first key, or with ``ALIGN`` at the aligned key tile that holds it."""
     nt1 = (L1 + TQ1 - 1) // TQ1
     nt2 = (L2 + TQ2 - 1) // TQ2
     a2 = pid % nt2
@@ -467,6 +496,13 @@ def _gna_gluon_kernel(q_desc, k_desc, v_desc, ek_desc, ev_desc, out_ptr, elen_pt
     i_lo1, u_hi1 = _window(e1, L1, K1, S1)
     u_lo2, i_hi2 = _window(f2, L2, K2, S2)
     i_lo2, u_hi2 = _window(e2, L2, K2, S2)
+    ub0 = u_lo0 // TK0
+    ub1 = u_lo1 // TK1
+    ub2 = u_lo2 // TK2
+    if ALIGN:
+        u_lo0 = ub0 * TK0
+        u_lo1 = ub1 * TK1
+        u_lo2 = ub2 * TK2
     c0 = (u_hi0 - u_lo0 + TK0) // TK0
     c1 = (u_hi1 - u_lo1 + TK1) // TK1
     c2 = (u_hi2 - u_lo2 + TK2) // TK2
@@ -487,38 +523,44 @@ def _gna_gluon_kernel(q_desc, k_desc, v_desc, ek_desc, ev_desc, out_ptr, elen_pt
     else:
         n_valid = T_EXTRA
         n_tiles = n_grid
+    tile = _Tile(f0=f0, f1=f1, f2=f2, L0=L0, L1=L1, L2=L2, K0=K0, K1=K1, K2=K2, S0=S0, S1=S1, S2=S2,
+                 u_lo0=u_lo0, u_lo1=u_lo1, u_lo2=u_lo2, fa0=fa0, fa1=fa1, fa2=fa2, nf0=nf0, nf1=nf1, nf2=nf2,
+                 c1=c1, c2=c2, n_grid=n_grid, n_valid=n_valid, n_tiles=n_tiles)  # fmt: skip
+    return tile, (ub0, ub1, ub2)
+
+
+@_gluon_jit
+def _gna_gluon_kernel(q_desc, k_desc, v_desc, ek_desc, ev_desc, out_ptr, elen_ptr, sob, son, soh,
+                      H, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, qk_scale,
+                      TQ0: gl.constexpr, TQ1: gl.constexpr, TQ2: gl.constexpr,
+                      TK0: gl.constexpr, TK1: gl.constexpr, TK2: gl.constexpr,
+                      QOFF0: gl.constexpr, QOFF1: gl.constexpr, QOFF2: gl.constexpr,
+                      HAS_EXTRA: gl.constexpr, HAS_ELEN: gl.constexpr, NUM_STAGES: gl.constexpr,
+                      CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
+    """Program (query tile, batch * head): the tile math, shared memory and barriers, then the three partitions."""
+    D: gl.constexpr = k_desc.block_type.shape[4]
+    BN: gl.constexpr = TK0 * TK1 * TK2
+    M: gl.constexpr = (TQ0 * TQ1 * TQ2) // 2  # query rows per consumer warpgroup
+    dtype: gl.constexpr = k_desc.dtype
+
+    pid = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    tile, _ = _key_tiles(pid, b, elen_ptr, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, TQ0, TQ1, TQ2, TK0, TK1, TK2,
+                         BN, HAS_EXTRA, HAS_ELEN, False)  # fmt: skip
+    f0 = tile.f0
+    u_lo0 = tile.u_lo0
     row0 = b * L0 + f0  # query tile start on the folded (batch, axis 0) descriptor axis
     kv_row0 = b * L0 + u_lo0
     o_base = b.to(gl.int64) * sob + h.to(gl.int64) * soh
 
-    # shared memory: the swizzled (NVMMA) layout that TMA writes and wgmma reads
-    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([M, D], dtype)
-    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, D], dtype)
-    q_bufs = gl.allocate_shared_memory(dtype, [2, M, D], q_layout)
-    k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN, D], kv_layout)
-    v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN, D], kv_layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(NUM_STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)  # one arrive per consumer warpgroup
-        mbarrier.init(v_empty.index(i), count=2)
-
-    smem = _Smem(q_bufs=q_bufs, k_bufs=k_bufs, v_bufs=v_bufs, q_bar=q_bar, k_ready=k_ready, v_ready=v_ready,
-                 k_empty=k_empty, v_empty=v_empty)  # fmt: skip
+    smem = _shared_ring(dtype, dtype, M, BN, D, NUM_STAGES, False)
     shape = _Shape(TQ0=TQ0, TQ1=TQ1, TQ2=TQ2, TK0=TK0, TK1=TK1, TK2=TK2, HAS_EXTRA=HAS_EXTRA)  # constants, see _Shape
     out = _Out(ptr=out_ptr, base=o_base, son=son)
-    tile = _Tile(f0=f0, f1=f1, f2=f2, L0=L0, L1=L1, L2=L2, K0=K0, K1=K1, K2=K2, S0=S0, S1=S1, S2=S2,
-                 u_lo0=u_lo0, u_lo1=u_lo1, u_lo2=u_lo2, fa0=fa0, fa1=fa1, fa2=fa2, nf0=nf0, nf1=nf1, nf2=nf2,
-                 c1=c1, c2=c2, n_grid=n_grid, n_valid=n_valid, n_tiles=n_tiles)  # fmt: skip
     descs = _Descs(q=q_desc, k=k_desc, v=v_desc, ek=ek_desc, ev=ev_desc)
-    pos = _LoadPos(b=b, h=h, row0=row0, f1=f1, f2=f2, kv_row0=kv_row0, u_lo1=u_lo1, u_lo2=u_lo2, c1=c1, c2=c2,
-                   n_grid=n_grid, n_tiles=n_tiles)  # fmt: skip
+    pos = _LoadPos(b=b, h=h, row0=row0, f1=tile.f1, f2=tile.f2, kv_row0=kv_row0, u_lo1=tile.u_lo1, u_lo2=tile.u_lo2,
+                   c1=tile.c1, c2=tile.c2, n_grid=tile.n_grid, n_tiles=tile.n_tiles)  # fmt: skip
     gl.warp_specialize(
         [
             (_consumer, (smem, out, tile, qk_scale, shape, 0)),  # default partition: the kernel's 4 warps

@@ -35,12 +35,12 @@ from .gluon_hopper import (
     _IMPORT_ERROR,
     _LOG2E,
     _gluon_jit,
+    _key_tiles,
     _Out,
     _Shape,
-    _Smem,
-    _Tile,
+    _shared_ring,
+    _store_rows,
     _tile_softmax,
-    _window,
 )
 from .gluon_hopper import unsupported_reason as _gluon_reason
 from .layout import params3
@@ -195,27 +195,11 @@ def _consumer8(smem, out, tile, tp, scales, q_block, shape, WG: gl.constexpr):
                                   shape, False)  # fmt: skip
 
     # epilogue: acc * v_scale / (448 l), masked store of the valid query rows
-    TQ1 = shape.TQ1
-    TQ2 = shape.TQ2
     orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
-    ocol_layout: gl.constexpr = gl.SliceLayout(0, o_layout)
     l_o = gl.convert_layout(l_i, orow_layout)
     l_o = gl.where(l_o > 0.0, l_o * _P_SCALE, 1.0)
-    cols = gl.arange(0, D, layout=ocol_layout)
-    v_sc = gl.load(scales.v + cols)
-    o = acc * gl.expand_dims(v_sc, 0) / gl.expand_dims(l_o, 1)
-    ro = ROW_BASE + gl.arange(0, M, layout=orow_layout)
-    y0 = tile.f0 + ro // (TQ1 * TQ2)
-    y1 = tile.f1 + (ro // TQ2) % TQ1
-    y2 = tile.f2 + ro % TQ2
-    L0 = tile.L0
-    L1 = tile.L1
-    L2 = tile.L2
-    valid = (y0 < L0) & (y1 < L1) & (y2 < L2)
-    tok = ((gl.minimum(y0, L0 - 1) * L1 + gl.minimum(y1, L1 - 1)) * L2 + gl.minimum(y2, L2 - 1)).to(gl.int64)
-    ptrs = out.ptr + out.base + gl.expand_dims(tok * out.son, 1) + gl.expand_dims(cols, 0)
-    mask = gl.expand_dims(valid, 1) & gl.expand_dims(cols >= 0, 0)
-    gl.store(ptrs, o.to(out.ptr.dtype.element_ty), mask=mask)
+    v_sc = gl.load(scales.v + gl.arange(0, D, layout=gl.SliceLayout(0, o_layout)))
+    _store_rows(acc * gl.expand_dims(v_sc, 0) / gl.expand_dims(l_o, 1), out, tile, shape, ROW_BASE)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -275,80 +259,19 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
     bh = gl.program_id(1)
     b = bh // H
     h = bh % H
+    tile, ub = _key_tiles(pid, b, elen_ptr, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, TQ0, TQ1, TQ2, TK0, TK1, TK2,
+                          BN, HAS_EXTRA, HAS_ELEN, True)  # fmt: skip
     nt1 = (L1 + TQ1 - 1) // TQ1
     nt2 = (L2 + TQ2 - 1) // TQ2
-    a2 = pid % nt2
-    a1 = (pid // nt2) % nt1
-    a0 = pid // (nt2 * nt1)
-    f0 = a0 * TQ0
-    f1 = a1 * TQ1
-    f2 = a2 * TQ2
-    e0 = gl.minimum(f0 + TQ0 - 1, L0 - 1)
-    e1 = gl.minimum(f1 + TQ1 - 1, L1 - 1)
-    e2 = gl.minimum(f2 + TQ2 - 1, L2 - 1)
-    lo0, i_hi0 = _window(f0, L0, K0, S0)
-    i_lo0, u_hi0 = _window(e0, L0, K0, S0)
-    lo1, i_hi1 = _window(f1, L1, K1, S1)
-    i_lo1, u_hi1 = _window(e1, L1, K1, S1)
-    lo2, i_hi2 = _window(f2, L2, K2, S2)
-    i_lo2, u_hi2 = _window(e2, L2, K2, S2)
-    # the union starts at the aligned tile that holds its first key
-    ub0 = lo0 // TK0
-    ub1 = lo1 // TK1
-    ub2 = lo2 // TK2
-    u_lo0 = ub0 * TK0
-    u_lo1 = ub1 * TK1
-    u_lo2 = ub2 * TK2
-    c0 = (u_hi0 - u_lo0 + TK0) // TK0
-    c1 = (u_hi1 - u_lo1 + TK1) // TK1
-    c2 = (u_hi2 - u_lo2 + TK2) // TK2
-    fa0 = (i_lo0 - u_lo0 + TK0 - 1) // TK0
-    fa1 = (i_lo1 - u_lo1 + TK1 - 1) // TK1
-    fa2 = (i_lo2 - u_lo2 + TK2 - 1) // TK2
-    nf0 = gl.maximum(gl.minimum((i_hi0 - u_lo0 + 1) // TK0, c0) - fa0, 0)
-    nf1 = gl.maximum(gl.minimum((i_hi1 - u_lo1 + 1) // TK1, c1) - fa1, 0)
-    nf2 = gl.maximum(gl.minimum((i_hi2 - u_lo2 + 1) // TK2, c2) - fa2, 0)
-    n_grid = c0 * c1 * c2
-    if HAS_EXTRA:
-        if HAS_ELEN:
-            n_valid = gl.minimum(gl.load(elen_ptr + b).to(gl.int32), T_EXTRA)
-        else:
-            n_valid = T_EXTRA
-        n_tiles = n_grid + (n_valid + BN - 1) // BN
-    else:
-        n_valid = T_EXTRA
-        n_tiles = n_grid
     o_base = b.to(gl.int64) * sob + h.to(gl.int64) * soh
-
-    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([M, D], dtype)
-    k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, D], dtype)
-    vt_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([D, BN], dtype)
-    q_bufs = gl.allocate_shared_memory(dtype, [2, M, D], q_layout)
-    k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN, D], k_layout)
-    v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, D, BN], vt_layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(NUM_STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)
-        mbarrier.init(v_empty.index(i), count=2)
-
-    smem = _Smem(q_bufs=q_bufs, k_bufs=k_bufs, v_bufs=v_bufs, q_bar=q_bar, k_ready=k_ready, v_ready=v_ready,
-                 k_empty=k_empty, v_empty=v_empty)  # fmt: skip
+    smem = _shared_ring(dtype, dtype, M, BN, D, NUM_STAGES, True)
     shape = _Shape(TQ0=TQ0, TQ1=TQ1, TQ2=TQ2, TK0=TK0, TK1=TK1, TK2=TK2, HAS_EXTRA=HAS_EXTRA)
     out = _Out(ptr=out_ptr, base=o_base, son=son)
-    tile = _Tile(f0=f0, f1=f1, f2=f2, L0=L0, L1=L1, L2=L2, K0=K0, K1=K1, K2=K2, S0=S0, S1=S1, S2=S2,
-                 u_lo0=u_lo0, u_lo1=u_lo1, u_lo2=u_lo2, fa0=fa0, fa1=fa1, fa2=fa2, nf0=nf0, nf1=nf1, nf2=nf2,
-                 c1=c1, c2=c2, n_grid=n_grid, n_valid=n_valid, n_tiles=n_tiles)  # fmt: skip
-    tp = _TilePos(ub0=ub0, ub1=ub1, ub2=ub2, nt1=nt1, nt2=nt2, ntg=NTG, c1=c1, c2=c2, n_grid=n_grid)
+    tp = _TilePos(ub0=ub[0], ub1=ub[1], ub2=ub[2], nt1=nt1, nt2=nt2, ntg=NTG, c1=tile.c1, c2=tile.c2,
+                  n_grid=tile.n_grid)
     bh64 = bh.to(gl.int64)
     scales = _Scales(q=qs_ptr + bh64 * (NQ // M), k=ks_ptr + bh64 * (NK // BN), v=vs_ptr + bh64 * D)
-    pos = _Load8(q_row=bh * NQ + pid * (2 * M), k_row0=bh * NK, vt_row=bh * D, n_tiles=n_tiles)
+    pos = _Load8(q_row=bh * NQ + pid * (2 * M), k_row0=bh * NK, vt_row=bh * D, n_tiles=tile.n_tiles)
     gl.warp_specialize(
         [
             (_consumer8, (smem, out, tile, tp, scales, pid * 2, shape, 0)),
