@@ -783,4 +783,7 @@ def test_precision_fp8_dense_call_under_autograd_runs_the_original_and_says_why(
             counts = handle.call_counts()
     assert torch.equal(out, ref)
     assert counts == {"sparse": 0, "dense": 2, "fallback": 0, "compiled": 0}
-    assert fp8_fallbacks() == {"autograd is recording: dense calls run the original attention": 2}
+    assert fp8_fallbacks() == {
+        "a dense call GNA cannot answer (autograd is recording (na_accel attention is forward-only)) runs the "
+        "original attention": 2
+    }

@@ -144,6 +144,15 @@ class TiledFP8(NamedTuple):
     n_grid_tiles: int
 
 
+def tiled_sizes(grid3, tile, t_extra: int) -> tuple[tuple[int, int, int], int, int, int]:
+    """Grid tiles per axis, grid tiles in all, and the rows of the tiled Q (``NQ``) and K / V (``NK``: grid tiles
+    and then extra keys, 128 per tile) of one (batch, head)."""
+    bt = math.prod(tile)
+    tiles = tuple(-(-g // t) for g, t in zip(grid3, tile))
+    n_grid_tiles = math.prod(tiles)
+    return tiles, n_grid_tiles, n_grid_tiles * bt, (n_grid_tiles + -(-t_extra // bt)) * bt
+
+
 def smoothing_mean(key: torch.Tensor) -> torch.Tensor:
     """The vector subtracted from every key: the fp32 mean of every :data:`SMOOTH_STRIDE`-th grid key
     ``[B, H, D]``."""
@@ -169,14 +178,11 @@ def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, i
     bt = math.prod(tile)
     if bt != 128:
         raise ValueError(f"the 8-bit layout needs 128-token tiles, got {tile}")
-    tiles = tuple(-(-g // t) for g, t in zip(grid3, tile))
-    n_grid_tiles = math.prod(tiles)
     has_extra = p.extra_key is not None and p.extra_key.shape[1] > 0
     t_extra = p.extra_key.shape[1] if has_extra else 0
     has_elen = has_extra and p.extra_lengths is not None
-    n_extra_tiles = -(-t_extra // bt)
-    n_q = n_grid_tiles * bt
-    n_k = (n_grid_tiles + n_extra_tiles) * bt
+    tiles, n_grid_tiles, n_q, n_k = tiled_sizes(grid3, tile, t_extra)
+    n_extra_tiles = n_k // bt - n_grid_tiles
     bh = batch * heads
     dev = q.device
     f8 = torch.float8_e4m3fn

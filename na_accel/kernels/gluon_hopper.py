@@ -304,37 +304,51 @@ def _kv_loop(q_smem, smem, acc, m_i, l_i, s_zero, tile, qk_scale, ROW_BASE: gl.c
 
 
 @_gluon_jit
-def _consumer(smem, out, tile, qk_scale, shape, WG: gl.constexpr):
-    """Consumer warpgroup ``WG`` (0 or 1): query rows ``[WG * M, (WG + 1) * M)`` of the tile, stored to ``out``."""
+def _consumer_state(smem, WG: gl.constexpr, K_INSTR: gl.constexpr):
+    """Consumer warpgroup ``WG``'s Q buffer and zeroed running state: ``acc`` [M, D], row max ``m_i`` and sum
+    ``l_i``, and ``s_zero`` [M, BN], the initial QK^T accumulator. Register layouts of the Hopper wgmma accumulators
+    (NVMMA version 3 = sm_90): the warpgroup's 4 warps stacked along the rows (16 rows each), one instruction
+    m16 x n(BN or D) x k(``K_INSTR``: 16 for 16-bit operands, 32 for 8-bit)."""
     q_smem = smem.q_bufs.index(WG)
     BN: gl.constexpr = smem.k_bufs.shape[1]
     D: gl.constexpr = smem.k_bufs.shape[2]
     M: gl.constexpr = q_smem.shape[0]
-    ROW_BASE: gl.constexpr = WG * M
-    # Register layouts of the Hopper wgmma accumulators (NVMMA version 3 = sm_90): the warpgroup's 4 warps stacked
-    # along the rows (16 rows each), one instruction m16 x n(BN or D) x k16 (16-bit operands)
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BN, K_INSTR])  # fmt: skip
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, D, K_INSTR])  # fmt: skip
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-
     m_i = gl.full([M], -1.0e30, gl.float32, layout=row_layout)
     l_i = gl.full([M], 0.0, gl.float32, layout=row_layout)
     acc = gl.zeros([M, D], gl.float32, layout=o_layout)
     s_zero = gl.zeros([M, BN], gl.float32, layout=s_layout)
+    return q_smem, acc, m_i, l_i, s_zero
 
-    mbarrier.wait(smem.q_bar, 0)
-    # a query tile whose key tiles all lie in every query's window (GNA with aligned tiles, all-valid text tiles)
-    # runs a loop without any mask logic, which keeps the tile math out of its registers
+
+@_gluon_jit
+def _all_full(tile, shape, BN: gl.constexpr):
+    """Whether every key tile of the query tile lies in every query's window (GNA with aligned tiles, all-valid text
+    tiles): such a tile runs a loop without any mask logic, which keeps the tile math out of its registers."""
     all_full = tile.nf0 * tile.nf1 * tile.nf2 == tile.n_grid  # nf <= c per axis: equal on every axis
     if shape.HAS_EXTRA:
         all_full = all_full & (tile.n_valid % BN == 0)
+    return all_full
+
+
+@_gluon_jit
+def _consumer(smem, out, tile, qk_scale, shape, WG: gl.constexpr):
+    """Consumer warpgroup ``WG`` (0 or 1): query rows ``[WG * M, (WG + 1) * M)`` of the tile, stored to ``out``."""
+    q_smem, acc, m_i, l_i, s_zero = _consumer_state(smem, WG, 16)
+    ROW_BASE: gl.constexpr = WG * q_smem.shape[0]
+    mbarrier.wait(smem.q_bar, 0)
+    all_full = _all_full(tile, shape, smem.k_bufs.shape[1])
     if all_full:  # ALL_FULL is a constexpr: one specialised copy of the loop per branch
         acc, m_i, l_i = _kv_loop(q_smem, smem, acc, m_i, l_i, s_zero, tile, qk_scale, ROW_BASE, shape, True)
     else:
         acc, m_i, l_i = _kv_loop(q_smem, smem, acc, m_i, l_i, s_zero, tile, qk_scale, ROW_BASE, shape, False)
 
     # epilogue: acc / l, masked store of the valid query rows (strided output, pointer store)
-    orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
+    orow_layout: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
     l_o = gl.convert_layout(l_i, orow_layout)
     l_o = gl.where(l_o > 0.0, l_o, 1.0)
     _store_rows(acc / gl.expand_dims(l_o, 1), out, tile, shape, ROW_BASE)
@@ -698,8 +712,14 @@ def gna_forward_gluon(problem, *, warmup_only: bool = False):
         HAS_EXTRA=has_extra, HAS_ELEN=has_elen, NUM_STAGES=cfgs.GLUON_STAGES,
         CONSUMER_REGS=cfgs.GLUON_CONSUMER_REGS, PRODUCER_REGS=cfgs.GLUON_PRODUCER_REGS,
     )  # fmt: skip
-    # num_warps: the default partition (consumer 0); maxnreg: the launch register limit (configs.GLUON_MAXNREG)
+    return launch_ws(_gna_gluon_kernel, launch, args, consts, warmup_only)
+
+
+def launch_ws(kernel, grid, args, consts: dict, warmup_only: bool):
+    """Launch a warp-specialised kernel of this module's shape (or only compile it: ``warmup_only``, returning the
+    compiled kernel). num_warps: the default partition (consumer 0); maxnreg: the launch register limit
+    (configs.GLUON_MAXNREG)."""
     if warmup_only:
-        return _gna_gluon_kernel.warmup(*args, **consts, grid=launch, num_warps=4, maxnreg=cfgs.GLUON_MAXNREG)
-    _gna_gluon_kernel[launch](*args, **consts, num_warps=4, maxnreg=cfgs.GLUON_MAXNREG)
+        return kernel.warmup(*args, **consts, grid=grid, num_warps=4, maxnreg=cfgs.GLUON_MAXNREG)
+    kernel[grid](*args, **consts, num_warps=4, maxnreg=cfgs.GLUON_MAXNREG)
     return None

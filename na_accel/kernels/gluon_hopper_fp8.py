@@ -30,10 +30,12 @@ from typing import Any, NamedTuple
 import torch
 
 from . import configs as cfgs
-from .fp8_layout import FP8_MAX, quantize_tiled
+from .fp8_layout import FP8_MAX, quantize_tiled, tiled_sizes
 from .gluon_hopper import (
     _IMPORT_ERROR,
     _LOG2E,
+    _all_full,
+    _consumer_state,
     _gluon_jit,
     _key_tiles,
     _Out,
@@ -41,6 +43,7 @@ from .gluon_hopper import (
     _shared_ring,
     _store_rows,
     _tile_softmax,
+    launch_ws,
 )
 from .gluon_hopper import unsupported_reason as _gluon_reason
 from .layout import params3
@@ -167,26 +170,13 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, 
 @_gluon_jit
 def _consumer8(smem, out, tile, tp, scales, q_block, shape, WG: gl.constexpr):
     """Consumer warpgroup ``WG`` (0 or 1): query rows ``[WG * M, (WG + 1) * M)`` of the tile, stored to ``out``."""
-    q_smem = smem.q_bufs.index(WG)
-    BN: gl.constexpr = smem.k_bufs.shape[1]
-    D: gl.constexpr = smem.k_bufs.shape[2]
-    M: gl.constexpr = q_smem.shape[0]
-    ROW_BASE: gl.constexpr = WG * M
-    # wgmma accumulator layouts (sm_90), instruction m16 x n(BN or D) x k32 (8-bit operands)
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 32])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 32])
-    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-
-    m_i = gl.full([M], -1.0e30, gl.float32, layout=row_layout)
-    l_i = gl.full([M], 0.0, gl.float32, layout=row_layout)
-    acc = gl.zeros([M, D], gl.float32, layout=o_layout)
-    s_zero = gl.zeros([M, BN], gl.float32, layout=s_layout)
+    q_smem, acc, m_i, l_i, s_zero = _consumer_state(smem, WG, 32)
+    ROW_BASE: gl.constexpr = WG * q_smem.shape[0]
+    D: gl.constexpr = acc.shape[1]
+    o_layout: gl.constexpr = acc.type.layout
     q_scale = gl.load(scales.q + q_block + WG)
-
     mbarrier.wait(smem.q_bar, 0)
-    all_full = tile.nf0 * tile.nf1 * tile.nf2 == tile.n_grid
-    if shape.HAS_EXTRA:
-        all_full = all_full & (tile.n_valid % BN == 0)
+    all_full = _all_full(tile, shape, smem.k_bufs.shape[1])
     if all_full:
         acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, scales.k, q_scale, ROW_BASE,
                                   shape, True)  # fmt: skip
@@ -299,10 +289,11 @@ def unsupported_reason(problem) -> str | None:
     tq, tk = cfgs.GLUON[problem.params.ndim]
     if tq != tk:
         return f"the 8-bit kernel needs equal query and key tiles, configs.GLUON has {tq} and {tk}"
-    n_rows = problem.query.shape[0] * problem.query.shape[2] * max(problem.query.shape[-1], 128)
-    n_tok = math.prod(-(-g // t) * t for g, t in zip(params3(problem.params)[0], tq))
-    if n_rows * (n_tok + (problem.extra_key.shape[1] + 127 if problem.extra_key is not None else 0)) >= 2**31:
-        return "the tiled 8-bit tensors would exceed 2**31 rows x columns (TMA coordinates are 32-bit)"
+    t_extra = problem.extra_key.shape[1] if problem.extra_key is not None else 0
+    n_k = tiled_sizes(params3(problem.params)[0], tq, t_extra)[3]
+    rows = problem.query.shape[0] * problem.query.shape[2] * n_k
+    if rows >= 2**31:
+        return f"the tiled 8-bit K would have {rows} rows, TMA coordinates (int32) reach 2**31"
     return None
 
 
@@ -338,7 +329,4 @@ def gna_forward_fp8(problem, *, warmup_only: bool = False):
         TQ0=tq[0], TQ1=tq[1], TQ2=tq[2], HAS_EXTRA=has_extra, HAS_ELEN=has_elen, NUM_STAGES=cfgs.GLUON_FP8_STAGES,
         CONSUMER_REGS=cfgs.GLUON_CONSUMER_REGS, PRODUCER_REGS=cfgs.GLUON_PRODUCER_REGS,
     )  # fmt: skip
-    if warmup_only:
-        return _gna_fp8_kernel.warmup(*args, **consts, grid=launch, num_warps=4, maxnreg=cfgs.GLUON_MAXNREG)
-    _gna_fp8_kernel[launch](*args, **consts, num_warps=4, maxnreg=cfgs.GLUON_MAXNREG)
-    return None
+    return launch_ws(_gna_fp8_kernel, launch, args, consts, warmup_only)

@@ -23,20 +23,6 @@ PRECISIONS = ("bf16", "fp8")
 
 _FALLBACKS: Counter[str] = Counter()
 _LOCK = threading.Lock()
-
-
-def check_precision(precision, where: str = "precision") -> str:
-    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError saying what is allowed."""
-    if precision not in PRECISIONS:
-        from ..errors import InputError
-
-        raise InputError(
-            f"{where} must be one of {', '.join(repr(p) for p in PRECISIONS)}, got {precision!r} "
-            "('bf16': the inputs' own dtype; 'fp8': 8-bit operands on Hopper GPUs)."
-        )
-    return precision
-
-
 _DEVICE_REASONS: dict[tuple, str | None] = {}
 
 

@@ -7,6 +7,7 @@ from collections import OrderedDict
 import torch
 
 from .dispatch import Backend, Problem
+from .precision import fp8_device_reason
 
 
 def _one_sequence(p: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -45,8 +46,8 @@ class DenseSDPABackend(Backend):
         return None
 
     def auto_rejection(self, problem: Problem) -> str | None:
-        if problem.precision == "fp8" and problem.query.is_cuda:
-            from .triton import fp8_reason
+        if problem.precision == "fp8" and fp8_device_reason(problem.query) is None:
+            from .triton import fp8_reason  # imports Triton: only where the 8-bit kernel can run at all
 
             if fp8_reason(problem) is None:
                 return "precision='fp8': the 8-bit Gluon kernel runs this dense problem"

@@ -17,7 +17,7 @@ from ..kernels import INTERPRETED
 from ..kernels.triton_grid import gna_forward
 from ..kernels.triton_text import text_forward
 from .dispatch import Backend, Problem
-from .precision import record_fp8_fallback
+from .precision import fp8_device_reason, record_fp8_fallback
 
 logger = logging.getLogger("na_accel")
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -41,12 +41,12 @@ def gluon_reason(problem: Problem) -> str | None:
 
 
 def fp8_reason(problem: Problem) -> str | None:
-    """Why the 8-bit Gluon kernel (Hopper) does not take ``problem``'s grid queries, or None if it does.
-    ``NA_ACCEL_GLUON=0`` turns it off too (the Triton kernel has no 8-bit path)."""
-    if os.environ.get("NA_ACCEL_GLUON", "1") == "0":
-        return "the Gluon kernels are turned off by NA_ACCEL_GLUON=0"
-    if not problem.query.is_cuda:
-        return "it needs CUDA tensors on a Hopper GPU"
+    """Why the 8-bit Gluon kernel (Hopper) does not take ``problem``'s grid queries, or None if it does: its device,
+    dtype and head dim (:func:`.precision.fp8_device_reason`, which also honours ``NA_ACCEL_GLUON=0``), then the
+    problem (:func:`na_accel.kernels.gluon_hopper_fp8.unsupported_reason`)."""
+    reason = fp8_device_reason(problem.query)
+    if reason is not None:
+        return reason
     from ..kernels import gluon_hopper_fp8
 
     return gluon_hopper_fp8.unsupported_reason(problem)

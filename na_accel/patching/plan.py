@@ -272,23 +272,23 @@ class LayerPatch:
             return self._decline("no plan: the transformer's forward pre-hook did not run for this call")
         if plan.dense or self.params is None:
             probe = self.owner.probe
-            if (probe is not None and getattr(probe, "observe_dense", False) and plan.layout is not None
-                    and not self.dense_by_rule):  # fmt: skip
-                self._probe_dense(probe, plan, args, kwargs)
-            if plan.layout is not None and self.spec.precision == "fp8":
-                return self._dense_fp8(plan, args, kwargs)
-            return self._dense()
-        call = self._read_call(args, kwargs)
+            # a probe that observes dense calls gets the ones GNA could have answered (eager, no context parallelism)
+            observe = (probe is not None and getattr(probe, "observe_dense", False) and plan.layout is not None
+                       and not self.dense_by_rule and not torch.compiler.is_compiling())  # fmt: skip
+            fp8 = plan.layout is not None and self.spec.precision == "fp8"
+            if not (observe or fp8):
+                return self._dense()
+            call = self._inputs(plan, args, kwargs)
+            if observe and not isinstance(call, str) and call[5] is None:
+                q, k, _v, _mask, scale, _, lengths = call
+                probe(ProbeCall(self.owner.label, self.name, plan.step, plan.layout, None, q, k, lengths, scale))
+            return self._dense_fp8(plan, call) if fp8 else self._dense()
+        call = self._inputs(plan, args, kwargs)
         if isinstance(call, str):
             return self._decline(call)
-        q, k, v, mask, scale, parallel_config = call
+        q, k, v, mask, scale, parallel_config, lengths = call
         if parallel_config is not None:  # diffusers' context parallelism: GNA inside its Ulysses attention, or decline
             return attend_context_parallel(self, q, k, v, mask, scale, parallel_config)
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            return self._decline("autograd is recording (na_accel attention is forward-only)")
-        lengths = self._grid_text_lengths(plan, q, mask)
-        if isinstance(lengths, str):
-            return self._decline(lengths)
         layout = plan.layout
         p = self.params
         out = self._gna(layout, q, k, v, scale, lengths, p)
@@ -298,6 +298,23 @@ class LayerPatch:
             if probe is not None:
                 probe(ProbeCall(self.owner.label, self.name, plan.step, layout, p, q, k, lengths, scale))
         return out
+
+    def _inputs(self, plan: ForwardPlan, args: tuple, kwargs: dict) -> tuple | str:
+        """``(q, k, v, mask, scale, parallel_config, lengths)`` of a dispatch_attention_fn call GNA can answer on the
+        forward's layout, or why it cannot. Under context parallelism the call is returned as it is (``lengths``
+        None): :func:`attend_context_parallel` checks it on the local shard."""
+        call = self._read_call(args, kwargs)
+        if isinstance(call, str):
+            return call
+        q, k, v, mask, scale, parallel_config = call
+        if parallel_config is not None:
+            return (*call, None)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return "autograd is recording (na_accel attention is forward-only)"
+        lengths = self._grid_text_lengths(plan, q, mask)
+        if isinstance(lengths, str):
+            return lengths
+        return (*call, lengths)
 
     def _gna(self, layout: Layout, q, k, v, scale, lengths, p: GNAParams | None):
         """GNA over the layout's grid (and text) with window ``p`` (None: the whole grid) in the settings in force."""
@@ -313,22 +330,17 @@ class LayerPatch:
         return na_flat(q, k, v, layout.grid, kernel_size=ks, stride=st, dilation=dl, is_causal=cz, scale=scale,
                        backend=spec.backend, precision=spec.precision)  # fmt: skip
 
-    def _dense_fp8(self, plan: ForwardPlan, args: tuple, kwargs: dict):
-        """A planned dense call where the precision in force is fp8: GNA with a window covering the whole grid (the
-        8-bit kernel on Hopper; elsewhere ``na_joint`` / ``na_flat`` fall back to the inputs' precision and count
-        it). A call GNA could not answer (the checks of a sparse call, context parallelism, autograd) runs the
-        original attention in the inputs' precision, counted as an fp8 fallback."""
-        call = self._read_call(args, kwargs)
+    def _dense_fp8(self, plan: ForwardPlan, call: tuple | str):
+        """A planned dense call where the precision in force is fp8 (``call``: :meth:`_inputs`): GNA with a window
+        covering the whole grid (the 8-bit kernel on Hopper; on a CPU ``na_joint`` / ``na_flat`` fall back to the
+        inputs' precision and count it). A call GNA could not answer (the checks of a sparse call, context
+        parallelism, autograd), or one on a GPU without the 8-bit kernel, runs the original attention in the inputs'
+        precision, counted as an fp8 fallback."""
         if isinstance(call, str):
             return self._dense(fp8_fallback=f"a dense call GNA cannot answer ({call}) runs the original attention")
-        q, k, v, mask, scale, parallel_config = call
+        q, k, v, _mask, scale, parallel_config, lengths = call
         if parallel_config is not None:
             return self._dense(fp8_fallback="context parallelism: dense calls run diffusers' own attention")
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            return self._dense(fp8_fallback="autograd is recording: dense calls run the original attention")
-        lengths = self._grid_text_lengths(plan, q, mask)
-        if isinstance(lengths, str):
-            return self._dense(fp8_fallback=f"a dense call GNA cannot answer ({lengths}) runs the original attention")
         if q.is_cuda and (reason := fp8_device_reason(q)) is not None:
             # on a GPU where the 8-bit kernel cannot run, diffusers' own dense attention (cuDNN / flash) beats GNA's
             # dense path in 16 bits
@@ -371,19 +383,6 @@ class LayerPatch:
         if q.shape[1] != layout.seq_len:
             return f"sequence length {q.shape[1]} is not {layout.describe()} = {layout.seq_len} tokens"
         return None if mask is None else self._text_lengths(mask, plan, q)
-
-    def _probe_dense(self, probe: AttentionProbe, plan: ForwardPlan, args: tuple, kwargs: dict) -> None:
-        """Hand a planned dense call to a probe that observes dense calls (see :class:`AttentionProbe`), when GNA
-        could have answered it: eager, no context parallelism, arguments and sequence as a sparse call needs."""
-        if torch.compiler.is_compiling():
-            return
-        call = self._read_call(args, kwargs)
-        if isinstance(call, str) or call[5] is not None:  # unsupported, or context parallelism
-            return
-        q, k, _v, mask, scale, _ = call
-        lengths = self._grid_text_lengths(plan, q, mask)
-        if not isinstance(lengths, str):
-            probe(ProbeCall(self.owner.label, self.name, plan.step, plan.layout, None, q, k, lengths, scale))
 
     @staticmethod
     def _text_lengths(mask, plan: ForwardPlan, q: torch.Tensor):
