@@ -61,7 +61,7 @@ PROMPT_2 = "a sailing boat on a calm lake at dusk, mountains in the background, 
 # Real generation sizes (height, width, frames) and the preset of each family.
 REAL_SIZES = {"hunyuan": (720, 1280, 129), "wan": (720, 1280, 81), "wan1.3b": (480, 832, 81), "flux": (2048, 2048, 1)}
 PRESETS = {"hunyuan": "hunyuan_fast", "wan": "wan_fast", "wan1.3b": "wan_fast", "flux": "flux_fast"}
-EXTRAS = ("fbc", "taylorseer", "magcache", "compile", "offload-model", "offload-sequential", "no-tiling")
+EXTRAS = ("fbc", "taylorseer", "magcache", "compile", "fp8", "offload-model", "offload-sequential", "no-tiling")
 
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers
 WAN_1_3B = dict(
@@ -261,11 +261,14 @@ def ensure_model(family: str, tiny: bool, models_dir: Path, device: str) -> tupl
 
 
 def parse_variant(name: str) -> dict[str, Any]:
-    """``preset+fbc:0.1+compile`` -> {config, cache, compile, offload, vae_tiling}."""
+    """``preset+fbc:0.1+compile`` -> {config, cache, compile, precision, offload, vae_tiling}. ``fp8`` (preset only:
+    ``--dense`` runs the unpatched model) runs every attention call of the preset, dense steps included, with 8-bit
+    operands."""
     parts = [p for p in name.split("+") if p]
     if not parts or parts[0] not in ("dense", "preset"):
         raise ValueError(f"variant {name!r}: must start with 'dense' or 'preset'")
-    out = {"name": name, "config": parts[0], "cache": None, "compile": False, "offload": "none", "vae_tiling": True}
+    out = {"name": name, "config": parts[0], "cache": None, "compile": False, "precision": None, "offload": "none",
+           "vae_tiling": True}  # fmt: skip
     for p in parts[1:]:
         head = p.split(":", 1)[0]
         if head in ("fbc", "taylorseer", "magcache"):
@@ -274,6 +277,10 @@ def parse_variant(name: str) -> dict[str, Any]:
             out["cache"] = p
         elif p == "compile":
             out["compile"] = True
+        elif p == "fp8":
+            if parts[0] != "preset":
+                raise ValueError(f"variant {name!r}: fp8 applies to 'preset' (dense runs the unpatched model)")
+            out["precision"] = "fp8"
         elif p in ("offload-model", "offload-sequential"):
             out["offload"] = p.split("-", 1)[1]
         elif p == "no-tiling":
@@ -320,12 +327,14 @@ def run_variant(v: dict, args, model_dir: Path, cfg_path: Path, size: tuple[int,
         cmd += ["--cache", v["cache"]]
     if v["compile"]:
         cmd += ["--compile", "--compile-backend", args.compile_backend]
+    if v["precision"]:
+        cmd += ["--precision", v["precision"]]
     if v["offload"] != "none":
         cmd += ["--offload", v["offload"]]
     if args.tiny:
         cmd += ["--dtype", "fp32"]
-    rec: dict[str, Any] = {"variant": v["name"], **{k: v[k] for k in ("config", "cache", "compile", "offload",
-                                                                      "vae_tiling")}}  # fmt: skip
+    rec: dict[str, Any] = {"variant": v["name"], **{k: v[k] for k in ("config", "cache", "compile", "precision",
+                                                                      "offload", "vae_tiling")}}  # fmt: skip
     rec["command"] = " ".join(cmd[1:])
     log(f"variant {v['name']}: {rec['command']}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
@@ -366,6 +375,7 @@ def run_variant(v: dict, args, model_dir: Path, cfg_path: Path, size: tuple[int,
         phase_peak_gpu_mem_bytes=m.get("phase_peak_gpu_mem_bytes"),
         attention_calls=None if m["patch"] is None else m["patch"]["attention_calls"],
         ran_sparse=None if m["patch"] is None else m["patch"]["ran_sparse"],
+        fp8_fallbacks=None if m["patch"] is None else m["patch"].get("fp8_fallbacks"),
         cache_config=None if m.get("cache") is None else m["cache"]["config"],
         compile_info=m.get("compile"),
         output_file=str(media),
@@ -443,6 +453,8 @@ def markdown(doc: dict) -> str:
         proj = (r.get("projection") or {}).get("total_s")
         calls = r["attention_calls"]
         calls_s = "-" if calls is None else f"{calls['sparse']} sparse, {calls['dense']} dense"
+        if r.get("fp8_fallbacks"):  # calls that asked for fp8 and ran in the inputs' precision
+            calls_s += f"; fp8 fallbacks {sum(r['fp8_fallbacks'].values())}"
         lines.append(
             f"| {r['variant']} | {_s(t['model_load_s'])} | {_s(t['encode_s'])} | {_s(r['dense_step_s'])} | "
             f"{_s(r['sparse_step_s'])} | {_s(t['decode_s'])} | {_s(t['total_s'])} | {_s(proj)} | "

@@ -37,7 +37,9 @@ def test_variants_parse():
         "preset", "taylorseer:interval=2,warmup=1", True, "model", False,
     )  # fmt: skip
     assert rp.parse_variant("dense")["cache"] is None
-    for bad in ("fbc", "preset+fbc+magcache", "dense+turbo"):
+    assert rp.parse_variant("preset+fp8+compile")["precision"] == "fp8"
+    assert rp.parse_variant("preset")["precision"] is None
+    for bad in ("fbc", "preset+fbc+magcache", "dense+turbo", "dense+fp8"):
         with pytest.raises(ValueError):
             rp.parse_variant(bad)
 
