@@ -14,6 +14,10 @@ seeds (generated once):
   sampled queries, and the lowest per-layer mean;
 * wall time of the pipeline calls (synchronised; the recall probe runs inside them and is included).
 
+With ``--precisions bf16,fp8`` every config also runs with ``precision: fp8`` (8-bit attention operands, dense steps
+included; Hopper GPUs): its row (label ``...-fp8``) adds PSNR / SSIM against the bf16 row of the same config and the
+difference in prompt adherence, and counts the calls that fell back to 16 bits (``fp8_fallbacks``).
+
 The attention FLOP bound of a window is ``1 / density`` over the video grid (``GNAParams.density``: the exact
 fraction of attended query-key grid pairs; text tokens excluded); it does not depend on the stride.
 ``flop_bound_steps`` averages it over the denoising steps (dense steps count 1).
@@ -60,6 +64,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import na_accel  # noqa: E402
 from na_accel.errors import ShapeError  # noqa: E402
 from na_accel.kernels.configs import FAST  # noqa: E402
+from na_accel.ops.precision import PRECISIONS  # noqa: E402
 from na_accel.ops.semantics import make_params  # noqa: E402
 from na_accel.patching.config import load_config  # noqa: E402
 from na_accel.patching.families import adapter_for  # noqa: E402
@@ -99,9 +104,17 @@ class SweepConfig:
     dense_steps: int
     density: float  # exact fraction of attended grid pairs
     steps: int
+    precision: str = "bf16"
 
     @property
     def label(self) -> str:
+        return f"w{_x(self.window)}-s{self.stride_kind}-d{self.dense_steps}" + (
+            "" if self.precision == "bf16" else f"-{self.precision}"
+        )
+
+    @property
+    def twin(self) -> str:
+        """The label of the same config in bf16 (its reference for an 8-bit row)."""
         return f"w{_x(self.window)}-s{self.stride_kind}-d{self.dense_steps}"
 
     @property
@@ -120,7 +133,7 @@ class SweepConfig:
             "model": "HunyuanVideoTransformer3DModel",
             "description": f"quality sweep {self.label}",
             "defaults": {"kernel_size": list(self.window), "stride": list(self.stride),
-                         "dense_steps": self.dense_steps, "on_oversize": "raise"},
+                         "dense_steps": self.dense_steps, "on_oversize": "raise", "precision": self.precision},
         }  # fmt: skip
 
 
@@ -133,9 +146,11 @@ def dense_steps_for(fraction: float, steps: int) -> int:
     return int(math.floor(fraction * steps + 0.5))
 
 
-def make_configs(grid: tuple[int, ...], windows, strides, fractions, steps: int) -> list[SweepConfig]:
-    """Every (dense steps, stride, window) combination, windows in the given order; duplicates dropped (e.g. when
-    two fractions round to one step count, or a window is smaller than the tile so both strides are equal)."""
+def make_configs(grid: tuple[int, ...], windows, strides, fractions, steps: int,
+                 precisions=("bf16",)) -> list[SweepConfig]:  # fmt: skip
+    """Every (dense steps, stride, window, precision) combination, windows in the given order, each 8-bit config
+    right after its bf16 twin; duplicates dropped (e.g. when two fractions round to one step count, or a window is
+    smaller than the tile so both strides are equal)."""
     out: list[SweepConfig] = []
     seen = set()
     for fraction in fractions:
@@ -154,7 +169,8 @@ def make_configs(grid: tuple[int, ...], windows, strides, fractions, steps: int)
                     params = make_params(grid, window, stride)
                 except ShapeError as exc:
                     raise SystemExit(f"window {window} does not fit the token grid {grid}: {exc}") from exc
-                out.append(SweepConfig(window, stride, kind, dense, params.density(), steps))
+                for precision in precisions:
+                    out.append(SweepConfig(window, stride, kind, dense, params.density(), steps, precision))
     return out
 
 
@@ -272,9 +288,14 @@ def _mean(values: list[float]) -> float | None:
 
 def sweep_row(cfg: SweepConfig | None, pipe: Any, prompts: Prompts, gen: dict[str, Any], batch: int,
               device: torch.device, dense: dict[str, Any] | None, scorer: Scorer, probe_queries: int | None,
-              warmup: bool) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+              warmup: bool, twin: dict[str, Any] | None = None,
+              keep_frames: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Generate and score one row (``cfg`` None: the dense baseline). Returns ``(row, kept)``; ``kept`` holds the
-    dense reference (frames and latents on the device) for the dense row and the first clip's uint8 frames."""
+    dense reference (frames and latents on the device) for the dense row (and, with ``keep_frames``, the frames of
+    a sparse row: the reference of its 8-bit twin) and the first clip's uint8 frames. ``twin``: the bf16 row's
+    ``kept`` and row, compared with this (8-bit) row."""
+    from na_accel.ops.precision import fp8_fallbacks
+
     name = "dense" if cfg is None else cfg.label
     handle = probe = None
     if cfg is not None:
@@ -286,16 +307,23 @@ def sweep_row(cfg: SweepConfig | None, pipe: Any, prompts: Prompts, gen: dict[st
         probe = LocalityProbe(queries=probe_queries).attach(handle)
     n = len(prompts.captions)
     per = {"psnr": [None] * n, "ssim": [None] * n, "latent_rel_l2": [None] * n}
+    if twin is not None:
+        per.update(psnr_vs_bf16=[None] * n, ssim_vs_bf16=[None] * n)
     videos: list[np.ndarray] = []
     kept: dict[str, Any] = {}
-    if cfg is None:
+    if cfg is None or keep_frames:
         kept["frames"], kept["latents"] = [], []
+    fp8_before = fp8_fallbacks()
 
     def on_batch(start: int, frames: torch.Tensor, latents: torch.Tensor) -> None:
-        if cfg is None:
+        if cfg is None or keep_frames:
             kept["frames"].append(frames)
             kept["latents"].append(latents)
-        else:
+        if twin is not None:
+            p, s = clip_metrics(twin["kept"]["frames"][start : start + len(frames)], frames)
+            for j in range(len(frames)):
+                per["psnr_vs_bf16"][start + j], per["ssim_vs_bf16"][start + j] = p[j], s[j]
+        if cfg is not None:
             ref = dense["frames"][start : start + len(frames)]
             p, s = clip_metrics(ref, frames)
             for j in range(len(frames)):
@@ -316,9 +344,10 @@ def sweep_row(cfg: SweepConfig | None, pipe: Any, prompts: Prompts, gen: dict[st
     finally:
         if handle is not None:
             handle.unpatch()
-    if cfg is None:
+    if cfg is None or keep_frames:
         kept["frames"] = torch.cat(kept["frames"])
         kept["latents"] = torch.cat(kept["latents"])
+    fallbacks = {k: v - fp8_before.get(k, 0) for k, v in fp8_fallbacks().items() if v > fp8_before.get(k, 0)}
     scores = scorer.score(prompts.scenes, videos)
     row: dict[str, Any] = {
         "label": name,
@@ -343,6 +372,22 @@ def sweep_row(cfg: SweepConfig | None, pipe: Any, prompts: Prompts, gen: dict[st
         "attention_calls": calls,
         "per_clip": {**per, "adherence_all": [s["all"] for s in scores]},
     }
+    if cfg is not None:
+        row["precision"] = cfg.precision
+        row["fp8_fallbacks"] = fallbacks
+        if fallbacks:
+            say(f"WARNING {name}: {sum(fallbacks.values())} attention call(s) asked for fp8 and ran in 16 bits: "
+                f"{fallbacks}")  # fmt: skip
+    if twin is not None:
+        ref_all = twin["row"]["adherence"].get("all")
+        row.update(
+            bf16_twin=twin["row"]["label"],
+            psnr_vs_bf16_db=_mean(per["psnr_vs_bf16"]),
+            psnr_vs_bf16_db_min=min(per["psnr_vs_bf16"]),
+            ssim_vs_bf16=_mean(per["ssim_vs_bf16"]),
+            adherence_delta_vs_bf16=None if ref_all is None or row["adherence"].get("all") is None
+            else row["adherence"]["all"] - ref_all,
+        )  # fmt: skip
     if calls is not None and (calls["fallback"] or not calls["sparse"]):
         say(f"WARNING {name}: attention calls {calls} (fallbacks, or no sparse call at all)")
     return row, kept
@@ -368,6 +413,7 @@ def markdown_table(rows: list[dict[str, Any]], settings: dict[str, Any], env: di
              "| config | window | stride | dense steps | FLOP bound | PSNR (dB) | SSIM | latent rel L2 | adherence | "
              "recall | recall (min layer) | s / clip |",
              "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
+    twins = [r for r in rows if r.get("bf16_twin")]
     for r in rows:
         rec = r["recall"] or {}
         lines.append(
@@ -377,6 +423,17 @@ def markdown_table(rows: list[dict[str, Any]], settings: dict[str, Any], env: di
             f"{_fmt(r['latent_rel_l2'], '.4f')} | {_fmt(r['adherence'].get('all'), '.3f')} | "
             f"{_fmt(rec.get('mean'), '.4f')} | {_fmt(rec.get('min_layer'), '.4f')} | {r['seconds_per_clip']:.3f} |"
         )
+    if twins:
+        lines += ["", "8-bit attention (`precision: fp8`, dense steps included) against the same config in bf16:", "",
+                  "| config | PSNR vs bf16 (dB, mean / min) | SSIM vs bf16 | adherence fp8 - bf16 (points) | "
+                  "calls in 16 bits |", "|---|--:|--:|--:|--:|"]  # fmt: skip
+        for r in twins:
+            delta = r["adherence_delta_vs_bf16"]
+            lines.append(
+                f"| {r['label']} | {_fmt(r['psnr_vs_bf16_db'], '.2f')} / {_fmt(r['psnr_vs_bf16_db_min'], '.2f')} | "
+                f"{_fmt(r['ssim_vs_bf16'], '.4f')} | {_fmt(None if delta is None else 100 * delta, '+.1f')} | "
+                f"{sum(r['fp8_fallbacks'].values())} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -398,7 +455,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
         return False
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in sparse:
-        groups.setdefault((r["dense_steps"], r["stride_kind"]), []).append(r)
+        kind = r["stride_kind"] + ("" if r.get("precision", "bf16") == "bf16" else f", {r['precision']}")
+        groups.setdefault((r["dense_steps"], kind), []).append(r)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     panels = (("psnr_db", "PSNR vs dense (dB)"), ("recall", "attention recall (kept softmax mass)"),
               ("adherence", "prompt adherence (all attributes)"))  # fmt: skip
@@ -417,7 +475,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
             colour = colours[dense_values.index(ds) % len(colours)]
             ax.plot(x, [math.nan if v is None else v for v in y], marker="o" if kind == "1" else "s",
                     linestyle="-" if kind == "1" else "--", color=colour,
-                    label=f"{ds} dense steps, stride {'1' if kind == '1' else '= tile'}")  # fmt: skip
+                    label=f"{ds} dense steps, stride {kind.replace('tile', '= tile')}")  # fmt: skip
         if key == "adherence" and dense is not None and dense["adherence"].get("all") is not None:
             ax.axhline(dense["adherence"]["all"], color="black", linestyle=":", label="dense")
         ax.set_xscale("log", base=2)
@@ -506,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dense-fractions", default=",".join(str(f) for f in DENSE_FRACTIONS),
                     help="fractions of the steps that run dense (rounded half up)")  # fmt: skip
     ap.add_argument("--strides", default=",".join(STRIDES), help="'1' and/or 'tile' (stride = min(tile, window))")
+    ap.add_argument("--precisions", default="bf16", help="'bf16' or 'bf16,fp8': each config also with 8-bit "
+                    "attention, compared with its bf16 row (Hopper GPUs)")  # fmt: skip
     ap.add_argument("--probe-queries", type=int, default=256, help="grid queries sampled by the recall probe")
     ap.add_argument("--strip", default=None, help="also write a frame strip of the first prompt: dense above this "
                     "config (a row label of this sweep, a preset name or a YAML path)")  # fmt: skip
@@ -550,12 +610,16 @@ def main(argv: list[str] | None = None) -> int:
     grid = factors.token_grid(gen["height"], gen["width"], gen["num_frames"])
     fractions = [float(f) for f in args.dense_fractions.split(",") if f.strip()]
     strides = [s.strip() for s in args.strides.split(",") if s.strip()]
+    precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
+    if not precisions or any(x not in PRECISIONS for x in precisions) or precisions[0] != "bf16":
+        raise SystemExit(f"--precisions {args.precisions!r}: a comma-separated list from {', '.join(PRECISIONS)} "
+                         "starting with bf16 (the reference of the 8-bit rows), e.g. bf16,fp8")  # fmt: skip
     if any(s not in STRIDES for s in strides):
         raise SystemExit(f"--strides: choose from {', '.join(STRIDES)}")
     if args.smoke:
-        configs = [c for w, s, f in SMOKE_CONFIGS for c in make_configs(grid, [w], [s], [f], steps)]
+        configs = [c for w, s, f in SMOKE_CONFIGS for c in make_configs(grid, [w], [s], [f], steps, precisions)]
     else:
-        configs = make_configs(grid, args.windows, strides, fractions, steps)
+        configs = make_configs(grid, args.windows, strides, fractions, steps, precisions)
     prompts = eval_prompts(count)
     env = environment(device, args.pipeline)
     settings = {
@@ -570,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         "windows": [list(w) for w in (args.windows if not args.smoke else [c.window for c in configs])],
         "dense_fractions": fractions,
         "strides": strides,
+        "precisions": precisions,
         "tile": list(TILE),
         "probe_queries": args.probe_queries,
         "smoke": args.smoke,
@@ -588,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     firsts: dict[str, np.ndarray] = {}
     dense: dict[str, Any] | None = None  # the dense row's frames and latents, the reference of every other row
+    bf16_rows: dict[str, dict[str, Any]] = {}  # the bf16 row (and frames) of the config whose 8-bit twin runs next
     result = {"environment": env, "settings": settings, "rows": rows}
     try:
         if warmup:
@@ -599,8 +665,13 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"time budget of {args.budget_s:.0f} s spent: skipping {len(result['skipped'])} config(s)")
                 media.write_json(json_path, result)
                 break
+            twin = None if cfg is None or cfg.precision == "bf16" else bf16_rows.get(cfg.twin)
+            keep = cfg is not None and cfg.precision == "bf16" and len(precisions) > 1
             row, kept = sweep_row(cfg, pipe, prompts, gen, batch, device, dense, scorer,
-                                  args.probe_queries, warmup)  # fmt: skip
+                                  args.probe_queries, warmup, twin, keep)  # fmt: skip
+            if keep:
+                bf16_rows.clear()  # only the last bf16 row is needed: its 8-bit twin runs right after it
+                bf16_rows[cfg.twin] = {"kept": kept, "row": row}
             if cfg is None:
                 dense = kept
             firsts[row["label"]] = kept["first"]
