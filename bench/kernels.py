@@ -255,6 +255,20 @@ def _fp8(name, params, x, n_text, out_bf16, ours, args) -> dict:
     tile = configs.GLUON[params.ndim].tq
     grid3 = configs.tiles(params.grid)
     rec["fp8_layout_ms"] = _bench(lambda: fp8_layout.quantize_tiled(p, tile, grid3, 1.0), args.quick)
+    if args.fp8_variants:  # the 8-bit kernel's build switches (configs.FP8_*), side by side in this run
+        rec["fp8_variants"] = []
+        saved = (configs.FP8_QK_INT8, configs.FP8_P_SMEM)
+        try:
+            for qk_int8 in (True, False):
+                for p_smem in (True, False):
+                    configs.FP8_QK_INT8, configs.FP8_P_SMEM = qk_int8, p_smem
+                    o = ours8()
+                    v = {"qk": "int8" if qk_int8 else "e4m3", "p": "smem" if p_smem else "registers",
+                         "ms": _bench(ours8, args.quick), **_accuracy(o, out_bf16)}  # fmt: skip
+                    rec["fp8_variants"].append(v)
+                    print(f"[{name}] fp8 variant {v}", flush=True)
+        finally:
+            configs.FP8_QK_INT8, configs.FP8_P_SMEM = saved
     print(f"[{name}] fp8 {rec['fp8_ms']:.3f} ms (layout step {rec['fp8_layout_ms']:.3f} ms), path {rec['fp8_path']},"
           f" first call {rec['fp8_first_call_s']} s, vs bf16 {rec['fp8_vs_bf16']}", flush=True)  # fmt: skip
     if params.is_dense and not n_text:
@@ -392,6 +406,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-triton-alone", action="store_true", help="skip the same call with NA_ACCEL_GLUON=0")
     ap.add_argument("--fp8", action="store_true",
                     help="also precision='fp8' (accuracy vs bf16, layout step alone; SageAttention on dense cases)")
+    ap.add_argument("--fp8-variants", action="store_true",
+                    help="with --fp8: also time each build of the 8-bit kernel (int8 / e4m3 Q-K, P via shared memory"
+                    " / registers)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     args = ap.parse_args(argv)

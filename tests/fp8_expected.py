@@ -21,9 +21,9 @@ def tiled_index(grid3, tile, device) -> torch.Tensor:
     return torch.where(valid, idx, -1).flatten().to(device)
 
 
-def expected_tiled(q, k, v, ek, ev, lengths, grid3, tile, qk_scale) -> dict[str, torch.Tensor]:
-    """Expected ``q8``/``k8`` ``[BH, rows, D]``, ``vt8`` ``[BH, D, cols]`` (in stored column order) as float8, and
-    the fp32 scales ``q_scale``/``k_scale``/``v_scale``."""
+def expected_tiled(q, k, v, ek, ev, lengths, grid3, tile, qk_scale, qk_int8=False) -> dict[str, torch.Tensor]:
+    """Expected ``q8``/``k8`` ``[BH, rows, D]`` (float8, or int8 with ``qk_int8``), ``vt8`` ``[BH, D, cols]`` (in
+    stored column order, float8), and the fp32 scales ``q_scale``/``k_scale``/``v_scale``."""
     b, n, h, d = q.shape
     bt = math.prod(tile)
     idx = tiled_index(grid3, tile, q.device)
@@ -45,8 +45,9 @@ def expected_tiled(q, k, v, ek, ev, lengths, grid3, tile, qk_scale) -> dict[str,
     def blocks(x, rows):
         amax = x.abs().view(b * h, -1, rows, d).amax(dim=(2, 3))
         # tensor / tensor: CUDA divides by a Python scalar through its reciprocal, which is not correctly rounded
-        scale = torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), 1.0)
-        return (x / scale.repeat_interleave(rows, 1)[..., None]).to(f8), scale
+        scale = torch.where(amax > 0, amax / torch.full_like(amax, 127.0 if qk_int8 else FP8_MAX), 1.0)
+        y = x / scale.repeat_interleave(rows, 1)[..., None]
+        return (torch.floor(y + 0.5).to(torch.int8) if qk_int8 else y.to(f8)), scale
 
     qt = tiled(q) * qk_scale
     q8, q_scale = blocks(qt, bt // 2)

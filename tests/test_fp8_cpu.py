@@ -22,9 +22,11 @@ except ImportError:  # pragma: no cover - tests/ made a package
 
 @pytest.mark.interpreter
 @pytest.mark.skipif(not INTERPRETED, reason="needs a process started with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("qk_int8", [True, False], ids=["int8-qk", "e4m3-qk"])
 @pytest.mark.parametrize("grid,extra,lengths", [((3, 10, 12), 0, None), ((2, 9, 17), 20, [20, 13])])
-def test_layout_step_under_the_interpreter(grid, extra, lengths):
-    """Positions, padding and scales exactly; the e4m3 values within one e4m3 step of PyTorch's rounding (the
+def test_layout_step_under_the_interpreter(grid, extra, lengths, qk_int8):
+    """Positions, padding and scales exactly; int8 values exactly; the e4m3 values within one e4m3 step of PyTorch's
+    rounding (the
     interpreter's float8 cast rounds ties away from zero), or half of it where PyTorch rounds up to a power of two
     (the interpreter's cast drops that carry into the exponent). Triton 3.x interpreter; on the GPU the bytes are
     equal (tests/test_gluon_fp8_gpu.py)."""
@@ -41,11 +43,14 @@ def test_layout_step_under_the_interpreter(grid, extra, lengths):
         el = torch.tensor(lengths, dtype=torch.int32)
     p = types.SimpleNamespace(query=q, key=k, value=v, extra_key=ek, extra_value=ev, extra_lengths=el)
     tile = configs.GLUON[3].tq
-    got = quantize_tiled(p, tile, grid, 0.5)
-    want = expected_tiled(q, k, v, ek, ev, el, grid, tile, 0.5)
+    got = quantize_tiled(p, tile, grid, 0.5, qk_int8=qk_int8)
+    want = expected_tiled(q, k, v, ek, ev, el, grid, tile, 0.5, qk_int8=qk_int8)
     for name in ("q_scale", "k_scale", "v_scale"):
         torch.testing.assert_close(getattr(got, name), want[name], rtol=0, atol=0)
     for name in ("q8", "k8", "vt8"):
+        if qk_int8 and name != "vt8":  # int8: exact
+            assert torch.equal(getattr(got, name).view(want[name].shape), want[name]), name
+            continue
         g = getattr(got, name).view(want[name].shape).float()
         w = want[name].float()
         mantissa, exponent = torch.frexp(w.abs())

@@ -39,10 +39,21 @@ SMOOTH_STRIDE = 8
 
 
 @triton.jit
-def _absmax_scale(x, axis: tl.constexpr, FP8_MAX: tl.constexpr):
-    """max |x| / FP8_MAX along ``axis`` (1 where the block is all zero)."""
+def _absmax_scale(x, axis: tl.constexpr, QMAX: tl.constexpr):
+    """max |x| / QMAX along ``axis`` (1 where the block is all zero)."""
     amax = tl.max(tl.abs(x), axis=axis)
-    return tl.where(amax > 0.0, tl.math.div_rn(amax, FP8_MAX), 1.0)
+    return tl.where(amax > 0.0, tl.math.div_rn(amax, QMAX), 1.0)
+
+
+@triton.jit
+def _quantize(x, scale, INT8: tl.constexpr):
+    """``x / scale`` as int8 (rounded half up) or e4m3 (round to nearest even)."""
+    y = tl.math.div_rn(x, scale)
+    if INT8:
+        out = tl.floor(y + 0.5).to(tl.int8)
+    else:
+        out = y.to(tl.float8e4nv)
+    return out
 
 
 @triton.jit
@@ -59,7 +70,8 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
                        sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sekb, sekn, sekh, sevb, sevn, sevh,
                        H, L0, L1, L2, NT1, NT2, NTG, T_EXTRA, NQ, NK, qk_scale,
                        T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, D: tl.constexpr,
-                       HAS_EXTRA: tl.constexpr, HAS_ELEN: tl.constexpr, FP8_MAX: tl.constexpr):  # fmt: skip
+                       HAS_EXTRA: tl.constexpr, HAS_ELEN: tl.constexpr, FP8_MAX: tl.constexpr,
+                       QK_INT8: tl.constexpr):  # fmt: skip
     """Program (tile t, batch * head): quantize one 128-token tile of Q, K and V (grid tiles t < NTG) or of the
     extra K and V (t >= NTG) into the tiled 8-bit layout."""
     BT: tl.constexpr = T0 * T1 * T2
@@ -90,10 +102,11 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
         row_amax = tl.max(tl.abs(q), axis=1)
         lo_amax = tl.max(tl.where(r < HALF, row_amax, 0.0), axis=0)
         hi_amax = tl.max(tl.where(r >= HALF, row_amax, 0.0), axis=0)
-        s_lo = tl.where(lo_amax > 0.0, tl.math.div_rn(lo_amax, FP8_MAX), 1.0)
-        s_hi = tl.where(hi_amax > 0.0, tl.math.div_rn(hi_amax, FP8_MAX), 1.0)
+        QMAX: tl.constexpr = 127.0 if QK_INT8 else FP8_MAX
+        s_lo = tl.where(lo_amax > 0.0, tl.math.div_rn(lo_amax, QMAX), 1.0)
+        s_hi = tl.where(hi_amax > 0.0, tl.math.div_rn(hi_amax, QMAX), 1.0)
         q_row_scale = tl.where(r < HALF, s_lo, s_hi)
-        q8 = tl.math.div_rn(q, q_row_scale[:, None]).to(tl.float8e4nv)
+        q8 = _quantize(q, q_row_scale[:, None], QK_INT8)
         q_rows = (bh.to(tl.int64) * NQ + t * BT + r) * D
         tl.store(q8_ptr + q_rows[:, None] + d[None, :], q8)
         tl.store(qs_ptr + bh * (NQ // HALF) + 2 * t, s_lo)
@@ -113,8 +126,8 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
                     other=0.0)  # fmt: skip
     # K: smoothed, one scale per tile
     k = tl.where(gl_mask, k.to(tl.float32) - kmean[None, :], 0.0)
-    k_scale = _absmax_scale(tl.max(tl.abs(k), axis=1), 0, FP8_MAX)
-    k8 = tl.math.div_rn(k, k_scale).to(tl.float8e4nv)
+    k_scale = _absmax_scale(tl.max(tl.abs(k), axis=1), 0, 127.0 if QK_INT8 else FP8_MAX)
+    k8 = _quantize(k, k_scale, QK_INT8)
     k_rows = (bh.to(tl.int64) * NK + t * BT + r) * D
     tl.store(k8_ptr + k_rows[:, None] + d[None, :], k8)
     tl.store(ks_ptr + bh * (NK // BT) + t, k_scale)
@@ -132,8 +145,8 @@ def pv_column(r: torch.Tensor) -> torch.Tensor:
 class TiledFP8(NamedTuple):
     """The outputs of :func:`quantize_tiled` (see the module docstring)."""
 
-    q8: torch.Tensor  # [BH * NQ, D] float8_e4m3fn
-    k8: torch.Tensor  # [BH * NK, D]
+    q8: torch.Tensor  # [BH * NQ, D] float8_e4m3fn, or int8
+    k8: torch.Tensor  # [BH * NK, D] (like q8)
     vt8: torch.Tensor  # [BH * D, NK]
     q_scale: torch.Tensor  # [BH, NQ // 64] fp32
     k_scale: torch.Tensor  # [BH, NK // 128] fp32
@@ -169,9 +182,11 @@ def value_scale(value: torch.Tensor, extra_value: torch.Tensor | None) -> torch.
     return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
 
 
-def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, int], qk_scale: float) -> TiledFP8:
+def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, int], qk_scale: float,
+                   qk_int8: bool = False) -> TiledFP8:  # fmt: skip
     """Run the layout step for ``problem`` (fields of :class:`na_accel.ops.dispatch.Problem`) with the kernel's tile
-    ``tile`` (3-D, 128 tokens) over the 3-D grid ``grid3``; ``qk_scale`` multiplies Q before quantization."""
+    ``tile`` (3-D, 128 tokens) over the 3-D grid ``grid3``; ``qk_scale`` multiplies Q before quantization.
+    ``qk_int8``: Q and K as int8 (scale max|x| / 127, rounded half up) instead of e4m3."""
     p = problem
     q, k, v = p.query, p.key, p.value
     batch, _, heads, head_dim = q.shape
@@ -186,8 +201,9 @@ def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, i
     bh = batch * heads
     dev = q.device
     f8 = torch.float8_e4m3fn
-    q8 = torch.empty((bh * n_q, head_dim), dtype=f8, device=dev)
-    k8 = torch.empty((bh * n_k, head_dim), dtype=f8, device=dev)
+    qk_dtype = torch.int8 if qk_int8 else f8
+    q8 = torch.empty((bh * n_q, head_dim), dtype=qk_dtype, device=dev)
+    k8 = torch.empty((bh * n_k, head_dim), dtype=qk_dtype, device=dev)
     vt8 = torch.empty((bh * head_dim, n_k), dtype=f8, device=dev)
     q_scale = torch.empty((bh, n_q // (bt // 2)), dtype=torch.float32, device=dev)
     k_scale = torch.empty((bh, n_k // bt), dtype=torch.float32, device=dev)
@@ -202,6 +218,6 @@ def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, i
         *sq, *sk, *sv, *sek, *sev,
         heads, *grid3, tiles[1], tiles[2], n_grid_tiles, t_extra, n_q, n_k, float(qk_scale),
         T0=tile[0], T1=tile[1], T2=tile[2], D=head_dim, HAS_EXTRA=has_extra, HAS_ELEN=has_elen, FP8_MAX=FP8_MAX,
-        num_warps=8,
+        QK_INT8=qk_int8, num_warps=8,
     )  # fmt: skip
     return TiledFP8(q8, k8, vt8, q_scale, k_scale, v_scale.view(bh, head_dim), n_q, n_k, tiles, n_grid_tiles)

@@ -304,11 +304,11 @@ def _kv_loop(q_smem, smem, acc, m_i, l_i, s_zero, tile, qk_scale, ROW_BASE: gl.c
 
 
 @_gluon_jit
-def _consumer_state(smem, WG: gl.constexpr, K_INSTR: gl.constexpr):
+def _consumer_state(smem, WG: gl.constexpr, K_INSTR: gl.constexpr, S_DTYPE: gl.constexpr):
     """Consumer warpgroup ``WG``'s Q buffer and zeroed running state: ``acc`` [M, D], row max ``m_i`` and sum
-    ``l_i``, and ``s_zero`` [M, BN], the initial QK^T accumulator. Register layouts of the Hopper wgmma accumulators
-    (NVMMA version 3 = sm_90): the warpgroup's 4 warps stacked along the rows (16 rows each), one instruction
-    m16 x n(BN or D) x k(``K_INSTR``: 16 for 16-bit operands, 32 for 8-bit)."""
+    ``l_i``, and ``s_zero`` [M, BN], the initial QK^T accumulator (``S_DTYPE``: int32 for int8 operands). Register
+    layouts of the Hopper wgmma accumulators (NVMMA version 3 = sm_90): the warpgroup's 4 warps stacked along the
+    rows (16 rows each), one instruction m16 x n(BN or D) x k(``K_INSTR``: 16 for 16-bit operands, 32 for 8-bit)."""
     q_smem = smem.q_bufs.index(WG)
     BN: gl.constexpr = smem.k_bufs.shape[1]
     D: gl.constexpr = smem.k_bufs.shape[2]
@@ -321,7 +321,7 @@ def _consumer_state(smem, WG: gl.constexpr, K_INSTR: gl.constexpr):
     m_i = gl.full([M], -1.0e30, gl.float32, layout=row_layout)
     l_i = gl.full([M], 0.0, gl.float32, layout=row_layout)
     acc = gl.zeros([M, D], gl.float32, layout=o_layout)
-    s_zero = gl.zeros([M, BN], gl.float32, layout=s_layout)
+    s_zero = gl.zeros([M, BN], S_DTYPE, layout=s_layout)
     return q_smem, acc, m_i, l_i, s_zero
 
 
@@ -338,7 +338,7 @@ def _all_full(tile, shape, BN: gl.constexpr):
 @_gluon_jit
 def _consumer(smem, out, tile, qk_scale, shape, WG: gl.constexpr):
     """Consumer warpgroup ``WG`` (0 or 1): query rows ``[WG * M, (WG + 1) * M)`` of the tile, stored to ``out``."""
-    q_smem, acc, m_i, l_i, s_zero = _consumer_state(smem, WG, 16)
+    q_smem, acc, m_i, l_i, s_zero = _consumer_state(smem, WG, 16, gl.float32)
     ROW_BASE: gl.constexpr = WG * q_smem.shape[0]
     mbarrier.wait(smem.q_bar, 0)
     all_full = _all_full(tile, shape, smem.k_bufs.shape[1])

@@ -37,12 +37,12 @@ from .gluon_hopper import (
     _all_full,
     _consumer_state,
     _gluon_jit,
+    _grid_mask,
     _key_tiles,
     _Out,
     _Shape,
     _shared_ring,
     _store_rows,
-    _tile_softmax,
     launch_ws,
 )
 from .gluon_hopper import unsupported_reason as _gluon_reason
@@ -50,11 +50,23 @@ from .layout import params3
 
 if _IMPORT_ERROR is None:
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    #: P is quantized as e4m3(P_SCALE * P): P <= 1 maps onto the whole e4m3 range
-    _P_SCALE = gl.constexpr(FP8_MAX)
+    #: P is quantized as e4m3(P_SCALE * P): P <= 1 maps onto the whole e4m3 range; the scale enters the exp2
+    #: argument as log2(P_SCALE)
+    _LOG2_P_SCALE = gl.constexpr(math.log2(FP8_MAX))
+    #: int32 scores become floats by adding the bits of 1.5 * 2**23 and reinterpreting: f = 1.5 * 2**23 + s exactly
+    #: for |s| < 2**22 (int8 x int8 x head dim 128: |s| <= 127**2 * 128 < 2**21), one integer add instead of a
+    #: quarter-rate I2F
+    _MAGIC_BITS = gl.constexpr(0x4B400000)
+    _MAGIC = gl.constexpr(12582912.0)
 
 
 class _TilePos(NamedTuple):
@@ -108,21 +120,109 @@ def _tile_index(j, tp):
 
 
 @_gluon_jit
-def _p_operand(p, p_layout: gl.constexpr):
-    """P (fp32, wgmma accumulator layout) as the 8-bit A operand of the PV wgmma, with no data movement between
-    threads: within each 32-key block the accumulator holds keys ``(b4 b3 b2 b1 b0)`` in the register slots where the
-    8-bit A operand expects keys ``(b4 b2 b1 b3 b0)``, so the keys are relabeled (reshape + permute, a register
-    renaming) instead of exchanged; the layout step stores V with the same relabeling (``fp8_layout``)."""
+def _p_operand(p, p_layout: gl.constexpr, p_smem, P_SMEM: gl.constexpr):
+    """P (fp32, already times P_SCALE, wgmma accumulator layout) as the 8-bit A operand of the PV wgmma.
+
+    Within each 32-key block the accumulator holds keys ``(b4 b3 b2 b1 b0)`` in the register slots where the 8-bit
+    A operand expects keys ``(b4 b2 b1 b3 b0)``, so the keys are relabeled (reshape + permute, a register renaming)
+    instead of exchanged; the layout step stores V with the same relabeling. ``P_SMEM``: P goes through the
+    consumer's shared-memory buffer ``p_smem`` instead (stored, fenced, the warpgroup synchronised), which skips the
+    byte packing of the register operand."""
     M: gl.constexpr = p.shape[0]
     BN: gl.constexpr = p.shape[1]
-    p8 = (p * _P_SCALE).to(gl.float8e4nv)
-    p8 = p8.reshape([M, BN // 32, 2, 2, 2, 2, 2]).permute((0, 1, 2, 4, 5, 3, 6)).reshape([M, BN])
-    return gl.convert_layout(p8, p_layout)
+    p = p.reshape([M, BN // 32, 2, 2, 2, 2, 2]).permute((0, 1, 2, 4, 5, 3, 6)).reshape([M, BN])
+    if P_SMEM:
+        p_smem.store(p.to(gl.float8e4nv))
+        fence_async_shared()
+        gl.thread_barrier()
+        op = p_smem
+    else:
+        p = gl.convert_layout(p, p_layout)  # registers in A-operand order: four consecutive keys per 32-bit register
+        # four fp32 -> one register of four e4m3 (two paired conversions), in the order the A operand reads them
+        op = gl.inline_asm_elementwise(
+            "{ .reg .b16 lo, hi; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; "
+            "mov.b32 $0, {lo, hi}; }",
+            "=r,r,r,r,r", [p], dtype=gl.float8e4nv, is_pure=True, pack=4,
+        )
+    return op
+
+
+@_gluon_jit
+def _scores(s, QK_INT8: gl.constexpr):
+    """The QK^T accumulator as fp32 "offset scores" ``f``: the score is ``(f - OFF) * scale`` (OFF = 0 for e4m3,
+    1.5 * 2**23 for int8, see _MAGIC)."""
+    if QK_INT8:
+        f = (s + _MAGIC_BITS).to(gl.float32, bitcast=True)
+    else:
+        f = s
+    return f
+
+
+@_gluon_jit
+def _softmax8(f, m_i, l_i, c, off):
+    """Online-softmax step on offset scores ``f`` (log2-domain score ``(f - off) * c``, c > 0): ``P_SCALE * P``,
+    rescale, new max and sum; one FFMA and one exp2 per score."""
+    m_new = gl.maximum(m_i, (gl.max(f, axis=1) - off) * c)  # m_i starts finite: a fully masked row stays finite
+    alpha = gl.exp2(m_i - m_new)
+    bias = off * c + m_new - _LOG2_P_SCALE
+    p = gl.exp2(f * c - gl.expand_dims(bias, 1))
+    l_new = l_i * alpha + gl.sum(p, axis=1)
+    return p, alpha, m_new, l_new
+
+
+@_gluon_jit
+def _tile_softmax8(f, j, m_i, l_i, c, off, ROW_BASE: gl.constexpr, tile, shape, ALL_FULL: gl.constexpr):
+    """:func:`.gluon_hopper._tile_softmax` on offset scores (masked scores set to -inf before the step)."""
+    if ALL_FULL:
+        return _softmax8(f, m_i, l_i, c, off)
+    BN: gl.constexpr = f.shape[1]
+    s_layout: gl.constexpr = f.type.layout
+    is_grid = j < tile.n_grid
+    j2 = j % tile.c2
+    j1 = (j // tile.c2) % tile.c1
+    j0 = j // (tile.c1 * tile.c2)
+    full = is_grid & (j0 >= tile.fa0) & (j0 < tile.fa0 + tile.nf0) & (j1 >= tile.fa1) & (j1 < tile.fa1 + tile.nf1)
+    full = full & (j2 >= tile.fa2) & (j2 < tile.fa2 + tile.nf2)
+    if shape.HAS_EXTRA:
+        full = full | ((j >= tile.n_grid) & ((j - tile.n_grid + 1) * BN <= tile.n_valid))
+    if full:
+        p, alpha, m_new, l_new = _softmax8(f, m_i, l_i, c, off)
+    else:
+        cols = gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
+        r = ROW_BASE + gl.arange(0, f.shape[0], layout=gl.SliceLayout(1, s_layout))
+        if shape.HAS_EXTRA:
+            if is_grid:
+                mask = _grid_mask(j0, j1, j2, r, cols, tile, shape)
+            else:
+                t = (j - tile.n_grid) * BN + cols
+                mask = gl.expand_dims(t < tile.n_valid, 0) & gl.expand_dims(r >= 0, 1)
+        else:
+            mask = _grid_mask(j0, j1, j2, r, cols, tile, shape)
+        p, alpha, m_new, l_new = _softmax8(gl.where(mask, f, float("-inf")), m_i, l_i, c, off)
+    return p, alpha, m_new, l_new
+
+
+@_gluon_jit
+def _next_tile(j, j0, j1, j2, tp):
+    """Key tile ``j + 1``'s union coordinates and its index in the tiled layout, from tile ``j``'s coordinates
+    (raster order, kept incrementally: no division per tile)."""
+    j2 = j2 + 1
+    if j2 == tp.c2:
+        j2 = 0
+        j1 = j1 + 1
+        if j1 == tp.c1:
+            j1 = 0
+            j0 = j0 + 1
+    if j + 1 < tp.n_grid:
+        idx = ((tp.ub0 + j0) * tp.nt1 + tp.ub1 + j1) * tp.nt2 + tp.ub2 + j2
+    else:
+        idx = tp.ntg + j + 1 - tp.n_grid
+    return j0, j1, j2, idx
 
 
 @_gluon_jit
 def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, ROW_BASE: gl.constexpr, shape,
-              ALL_FULL: gl.constexpr):  # fmt: skip
+              ALL_FULL: gl.constexpr, QK_INT8: gl.constexpr, p_smem, P_SMEM: gl.constexpr):  # fmt: skip
     """The key tiles of the query tile on 8-bit operands: online softmax into ``acc``, ``m_i``, ``l_i`` (the
     16-bit kernel's pipeline, :func:`.gluon_hopper._kv_loop`)."""
     k_bufs = smem.k_bufs
@@ -133,31 +233,37 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, 
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
     orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
     n_tiles = tile.n_tiles
+    off = _MAGIC if QK_INT8 else 0.0
 
     k_sc = gl.load(k_scales + _tile_index(0, tp))
-    k_next = gl.load(k_scales + _tile_index(gl.minimum(n_tiles - 1, 1), tp))
+    zero = n_tiles * 0  # a runtime int32 (the counters are loop-carried)
+    j0, j1, j2, idx = _next_tile(zero, zero, zero, zero, tp)
+    k_next = gl.load(k_scales + gl.where(n_tiles > 1, idx, 0))
     mbarrier.wait(smem.k_ready.index(0), 0)
     s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=(s,))
     mbarrier.arrive(smem.k_empty.index(0), count=1)
-    p, alpha, m_i, l_i = _tile_softmax(s, 0, m_i, l_i, q_scale * k_sc, ROW_BASE, tile, shape, ALL_FULL)
-    p_op = _p_operand(p, p_layout)
+    p, alpha, m_i, l_i = _tile_softmax8(_scores(s, QK_INT8), 0, m_i, l_i, q_scale * k_sc, off, ROW_BASE, tile,
+                                        shape, ALL_FULL)  # fmt: skip
+    p_op = _p_operand(p, p_layout, p_smem, P_SMEM)
     for j in range(1, n_tiles):
         st = j % NUM_STAGES  # stage of tile j
         stp = (j - 1) % NUM_STAGES  # stage of tile j - 1
         k_sc = k_next
-        k_next = gl.load(k_scales + _tile_index(gl.minimum(j + 1, n_tiles - 1), tp))  # one tile ahead
+        j0, j1, j2, idx = _next_tile(j, j0, j1, j2, tp)
+        k_next = gl.load(k_scales + gl.where(j + 1 < n_tiles, idx, 0))  # one tile ahead
         mbarrier.wait(smem.k_ready.index(st), (j // NUM_STAGES) & 1)
         s = warpgroup_mma(q_smem, k_bufs.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         mbarrier.wait(smem.v_ready.index(stp), ((j - 1) // NUM_STAGES) & 1)
         acc = warpgroup_mma(p_op, v_bufs.index(stp).permute((1, 0)), acc, is_async=True)
         s = warpgroup_mma_wait(1, deps=(s,))  # QK^T done, PV may still run
         mbarrier.arrive(smem.k_empty.index(st), count=1)
-        p, alpha, m_i, l_i = _tile_softmax(s, j, m_i, l_i, q_scale * k_sc, ROW_BASE, tile, shape, ALL_FULL)
+        p, alpha, m_i, l_i = _tile_softmax8(_scores(s, QK_INT8), j, m_i, l_i, q_scale * k_sc, off, ROW_BASE, tile,
+                                            shape, ALL_FULL)  # fmt: skip
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(smem.v_empty.index(stp), count=1)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_layout), 1)
-        p_op = _p_operand(p, p_layout)
+        p_op = _p_operand(p, p_layout, p_smem, P_SMEM)
     last = n_tiles - 1
     stp = last % NUM_STAGES
     mbarrier.wait(smem.v_ready.index(stp), (last // NUM_STAGES) & 1)
@@ -168,9 +274,10 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, 
 
 
 @_gluon_jit
-def _consumer8(smem, out, tile, tp, scales, q_block, shape, WG: gl.constexpr):
+def _consumer8(smem, p_bufs, out, tile, tp, scales, q_block, shape, WG: gl.constexpr, QK_INT8: gl.constexpr,
+               P_SMEM: gl.constexpr):  # fmt: skip
     """Consumer warpgroup ``WG`` (0 or 1): query rows ``[WG * M, (WG + 1) * M)`` of the tile, stored to ``out``."""
-    q_smem, acc, m_i, l_i, s_zero = _consumer_state(smem, WG, 32)
+    q_smem, acc, m_i, l_i, s_zero = _consumer_state(smem, WG, 32, gl.int32 if QK_INT8 else gl.float32)
     ROW_BASE: gl.constexpr = WG * q_smem.shape[0]
     D: gl.constexpr = acc.shape[1]
     o_layout: gl.constexpr = acc.type.layout
@@ -179,15 +286,15 @@ def _consumer8(smem, out, tile, tp, scales, q_block, shape, WG: gl.constexpr):
     all_full = _all_full(tile, shape, smem.k_bufs.shape[1])
     if all_full:
         acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, scales.k, q_scale, ROW_BASE,
-                                  shape, True)  # fmt: skip
+                                  shape, True, QK_INT8, p_bufs.index(WG), P_SMEM)  # fmt: skip
     else:
         acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, scales.k, q_scale, ROW_BASE,
-                                  shape, False)  # fmt: skip
+                                  shape, False, QK_INT8, p_bufs.index(WG), P_SMEM)  # fmt: skip
 
-    # epilogue: acc * v_scale / (448 l), masked store of the valid query rows
+    # epilogue: acc * v_scale / l (l sums P_SCALE * P, like acc), masked store of the valid query rows
     orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
     l_o = gl.convert_layout(l_i, orow_layout)
-    l_o = gl.where(l_o > 0.0, l_o * _P_SCALE, 1.0)
+    l_o = gl.where(l_o > 0.0, l_o, 1.0)
     v_sc = gl.load(scales.v + gl.arange(0, D, layout=gl.SliceLayout(0, o_layout)))
     _store_rows(acc * gl.expand_dims(v_sc, 0) / gl.expand_dims(l_o, 1), out, tile, shape, ROW_BASE)
 
@@ -235,12 +342,14 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
                     H, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, NQ, NK, NTG,
                     TQ0: gl.constexpr, TQ1: gl.constexpr, TQ2: gl.constexpr,
                     HAS_EXTRA: gl.constexpr, HAS_ELEN: gl.constexpr, NUM_STAGES: gl.constexpr,
-                    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):  # fmt: skip
-    """Program (query tile, batch * head): tile math (key tiles aligned), shared memory, barriers, partitions."""
+                    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, P_SMEM: gl.constexpr):  # fmt: skip
+    """Program (query tile, batch * head): tile math (key tiles aligned), shared memory, barriers, partitions.
+    Q and K are int8 when their descriptors' dtype is (V e4m3 always)."""
     D: gl.constexpr = k_desc.block_type.shape[1]
     BN: gl.constexpr = k_desc.block_type.shape[0]
     M: gl.constexpr = q_desc.block_type.shape[0]
     dtype: gl.constexpr = k_desc.dtype
+    QK_INT8: gl.constexpr = dtype == gl.int8
     TK0: gl.constexpr = TQ0  # query and key tiles are the same aligned tiles of the grid
     TK1: gl.constexpr = TQ1
     TK2: gl.constexpr = TQ2
@@ -254,7 +363,9 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
     nt1 = (L1 + TQ1 - 1) // TQ1
     nt2 = (L2 + TQ2 - 1) // TQ2
     o_base = b.to(gl.int64) * sob + h.to(gl.int64) * soh
-    smem = _shared_ring(dtype, dtype, M, BN, D, NUM_STAGES, True)
+    smem = _shared_ring(dtype, vt_desc.dtype, M, BN, D, NUM_STAGES, True)
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([M, BN], gl.float8e4nv)
+    p_bufs = gl.allocate_shared_memory(gl.float8e4nv, [2, M, BN], p_layout)  # one per consumer (P_SMEM)
     shape = _Shape(TQ0=TQ0, TQ1=TQ1, TQ2=TQ2, TK0=TK0, TK1=TK1, TK2=TK2, HAS_EXTRA=HAS_EXTRA)
     out = _Out(ptr=out_ptr, base=o_base, son=son)
     tp = _TilePos(ub0=ub[0], ub1=ub[1], ub2=ub[2], nt1=nt1, nt2=nt2, ntg=NTG, c1=tile.c1, c2=tile.c2,
@@ -264,8 +375,8 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
     pos = _Load8(q_row=bh * NQ + pid * (2 * M), k_row0=bh * NK, vt_row=bh * D, n_tiles=tile.n_tiles)
     gl.warp_specialize(
         [
-            (_consumer8, (smem, out, tile, tp, scales, pid * 2, shape, 0)),
-            (_consumer8, (smem, out, tile, tp, scales, pid * 2, shape, 1)),
+            (_consumer8, (smem, p_bufs, out, tile, tp, scales, pid * 2, shape, 0, QK_INT8, P_SMEM)),
+            (_consumer8, (smem, p_bufs, out, tile, tp, scales, pid * 2, shape, 1, QK_INT8, P_SMEM)),
             (_producer8, (q_desc, k_desc, vt_desc, smem, pos, tp)),
         ],
         [4, 1],
@@ -298,7 +409,7 @@ def unsupported_reason(problem) -> str | None:
 
 
 def _desc(t: torch.Tensor, block: list[int]):
-    layout = gl.NVMMASharedLayout.get_default_for(block, gl.float8e4nv)
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.int8 if t.dtype == torch.int8 else gl.float8e4nv)
     return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
 
 
@@ -312,7 +423,7 @@ def gna_forward_fp8(problem, *, warmup_only: bool = False):
     grid3, ks3, st3, _, _ = params3(p.params)
     tq, _ = cfgs.GLUON[p.params.ndim]
     qk_scale = float(p.scale) * _LOG2E
-    tiled = quantize_tiled(p, tq, grid3, qk_scale)
+    tiled = quantize_tiled(p, tq, grid3, qk_scale, qk_int8=cfgs.FP8_QK_INT8)
     bn = math.prod(tq)
     q_desc = _desc(tiled.q8, [bn // 2, head_dim])
     k_desc = _desc(tiled.k8, [bn, head_dim])
@@ -327,6 +438,6 @@ def gna_forward_fp8(problem, *, warmup_only: bool = False):
             heads, *grid3, *ks3, *st3, t_extra, tiled.n_q, tiled.n_k, tiled.n_grid_tiles)  # fmt: skip
     consts = dict(
         TQ0=tq[0], TQ1=tq[1], TQ2=tq[2], HAS_EXTRA=has_extra, HAS_ELEN=has_elen, NUM_STAGES=cfgs.GLUON_FP8_STAGES,
-        CONSUMER_REGS=cfgs.GLUON_CONSUMER_REGS, PRODUCER_REGS=cfgs.GLUON_PRODUCER_REGS,
+        CONSUMER_REGS=cfgs.GLUON_CONSUMER_REGS, PRODUCER_REGS=cfgs.GLUON_PRODUCER_REGS, P_SMEM=cfgs.FP8_P_SMEM,
     )  # fmt: skip
     return launch_ws(_gna_fp8_kernel, launch, args, consts, warmup_only)
