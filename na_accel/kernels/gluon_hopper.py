@@ -612,7 +612,29 @@ def device_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> st
 
 
 def unsupported_reason(problem) -> str | None:
-    """Why :func:`gna_forward_gluon` cannot run ``problem`` here, or None if it can (grid queries only)."""
+    """Why :func:`gna_forward_gluon` cannot run ``problem`` here, or None if it can (grid queries only): the
+    problem's conditions (:func:`problem_reason`) and Q, K and V readable through TMA descriptors with the batch
+    folded into the token axis."""
+    reason = problem_reason(problem)
+    if reason is not None:
+        return reason
+    p = problem
+    for name, t in (("query", p.query), ("key", p.key), ("value", p.value)):
+        reason = tma_reason(name, t, fold=True)
+        if reason is not None:
+            return reason
+    if p.extra_key is not None and p.extra_key.shape[1] > 0:
+        for name, t in (("extra_key", p.extra_key), ("extra_value", p.extra_value)):
+            reason = tma_reason(name, t, fold=False)
+            if reason is not None:
+                return reason
+    return None
+
+
+def problem_reason(problem) -> str | None:
+    """What the Gluon kernels (16- and 8-bit) need of ``problem`` whatever its memory layout, or None: a Hopper GPU,
+    one 16-bit dtype, head dim 64 or 128, no dilation, non-causal, no log-sum-exp, ``out`` with a contiguous last
+    dim."""
     p = problem
     q, k, v = p.query, p.key, p.value
     has_extra = p.extra_key is not None and p.extra_key.shape[1] > 0
@@ -634,15 +656,6 @@ def unsupported_reason(problem) -> str | None:
         return f"causal axes {params.is_causal} (only non-causal)"
     if p.lse is not None:
         return "it does not return the log-sum-exp"
-    for name, t in (("query", q), ("key", k), ("value", v)):
-        reason = tma_reason(name, t, fold=True)
-        if reason is not None:
-            return reason
-    if has_extra:
-        for name, t in (("extra_key", p.extra_key), ("extra_value", p.extra_value)):
-            reason = tma_reason(name, t, fold=False)
-            if reason is not None:
-                return reason
     if p.out.stride(-1) != 1:
         return "out has a non-contiguous last dim"
     return None

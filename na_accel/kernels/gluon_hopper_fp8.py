@@ -45,7 +45,7 @@ from .gluon_hopper import (
     _store_rows,
     launch_ws,
 )
-from .gluon_hopper import unsupported_reason as _gluon_reason
+from .gluon_hopper import problem_reason as _gluon_reason
 from .layout import params3
 
 if _IMPORT_ERROR is None:
@@ -390,11 +390,19 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
 
 
 def unsupported_reason(problem) -> str | None:
-    """Why :func:`gna_forward_fp8` cannot run ``problem`` here, or None if it can: the 16-bit Gluon kernel's
-    conditions (:func:`.gluon_hopper.unsupported_reason`), float8 in this torch, and one tile for queries and keys."""
+    """Why :func:`gna_forward_fp8` cannot run ``problem`` here, or None if it can: the Gluon kernels' conditions
+    (:func:`.gluon_hopper.problem_reason`; the layout step reads Q, K and V through their strides, so any batch,
+    token and head strides do, e.g. the grid part of a joint text + video sequence), float8 in this torch, and one
+    tile for queries and keys."""
     reason = _gluon_reason(problem)
     if reason is not None:
         return reason
+    has_extra = problem.extra_key is not None and problem.extra_key.shape[1] > 0
+    for name, t in (("query", problem.query), ("key", problem.key), ("value", problem.value)) + (
+        (("extra_key", problem.extra_key), ("extra_value", problem.extra_value)) if has_extra else ()
+    ):
+        if t.stride(-1) != 1:
+            return f"{name} has a non-contiguous last dim (stride {t.stride(-1)})"
     if not hasattr(torch, "float8_e4m3fn"):
         return "this torch has no float8_e4m3fn"
     tq, tk = cfgs.GLUON[problem.params.ndim]
