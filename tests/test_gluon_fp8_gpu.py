@@ -1,16 +1,16 @@
 """The 8-bit Gluon kernel (``precision="fp8"``, Hopper) against the inputs' precision.
 
-* The layout step stores exactly what its definition says: every tile's bytes equal PyTorch's own float8 e4m3
-  rounding of the scaled, smoothed inputs in tiled order, and padding rows are zero.
+* The layout step stores exactly what its definition says: every tile's bytes equal PyTorch's own int8 / float8
+  e4m3 rounding of the scaled, smoothed inputs in tiled order, and padding rows are zero; it reads strided inputs
+  (the grid part of a batched joint sequence) without a 16-bit fallback.
 * Accuracy of the 8-bit path on fresh random inputs (odd grids with ragged tiles, 1-/2-/3-D, GNA, NA, dense,
   extra keys with per-batch lengths, head dims 64 and 128, fp16 and bf16, keys with a large common offset) against
   the fp32 reference, and per layer on Q/K/V captured from the embedded trained model (sparse and dense steps);
-  ``out`` is filled with NaN first, so every valid position must be written. Two bounds: what the kernel measured
-  on H200 (cosine >= 0.997, rel. L2 <= 0.08: a regression bound, far below what a wrong tile, scale or layout
-  gives) and issue 15's gates (cosine >= 0.999, rel. L2 <= 0.03), which this all-e4m3 design misses (iid inputs
-  0.051-0.068, 0.035 on the first trained-model call checked; bench/NOTES.md, bench/fp8_design.py). With int8 Q/K
-  (``configs.FP8_QK_INT8``) the trained model's layers are expected to meet them (emulated: 0.017); on iid inputs
-  the e4m3 P and V keep ~0.04: a strict xfail, so the day a design meets it the test says so.
+  ``out`` is filled with NaN first, so every valid position must be written. Two bounds: a regression bound
+  (cosine >= 0.997, rel. L2 <= 0.08: far below what a wrong tile, scale or layout gives) and issue 15's gates
+  (cosine >= 0.999, rel. L2 <= 0.03). With int8 Q/K (``configs.FP8_QK_INT8``) the trained model's layers meet the
+  gates (H200: worst 0.99988 / 0.023); on iid inputs the e4m3 P and V keep ~0.04 (bench/fp8_design.py): a strict
+  xfail, so the day a design meets it the test says so.
 * Where the 8-bit kernel cannot run (fp32 inputs, head dim 96, dilation), the call runs in the inputs' precision,
   bit-identical to ``precision="bf16"``, with the reason counted.
 """
