@@ -9,7 +9,10 @@ queries' outputs against exact fp32 attention with the same mask:
 * ``e4m3``: Q, K, P, V all float8 e4m3 (what the kernel runs);
 * ``int8-qk``: Q and K as symmetric int8 (per block, 127 levels), P and V e4m3 (SageAttention 2's split);
 * ``int8-qk/bf16-pv``: int8 Q and K, P and V in bf16 (SageAttention 1.0.6);
-* ``e4m3-qk/bf16-pv``: e4m3 Q and K, P and V in bf16.
+* ``e4m3-qk/bf16-pv``: e4m3 Q and K, P and V in bf16;
+* ``int8-qk/k-head`` and ``int8-qk/k-token``: as ``int8-qk`` with K scaled once per head or once per key instead of
+  per 128-key tile: what a kernel needs that reads key tiles at any token offset (unaligned windows), where a tile
+  of the raster layout has no scale of its own.
 
 Inputs: (1) Q/K/V captured from every attention call of a generation of the embedded trained model (its preset
 ``tiny_fast``: dense and sparse steps; each call is evaluated with its own window and with the whole grid), (2) iid
@@ -38,7 +41,7 @@ import na_accel  # noqa: E402
 from na_accel.ops.semantics import grid_mask, make_params  # noqa: E402
 
 F8 = torch.float8_e4m3fn
-VARIANTS = ("e4m3", "int8-qk", "int8-qk/bf16-pv", "e4m3-qk/bf16-pv")
+VARIANTS = ("e4m3", "int8-qk", "int8-qk/bf16-pv", "e4m3-qk/bf16-pv", "int8-qk/k-head", "int8-qk/k-token")
 
 
 def _blocks(x: torch.Tensor, rows: int, fn) -> torch.Tensor:
@@ -66,7 +69,13 @@ def attend(q, k, v, allowed, scale, variant: str | None) -> torch.Tensor:
         qk = _int8 if variant.startswith("int8") else _e4m3
         k = k - k.mean(0, keepdim=True)  # smoothing: softmax does not change
         q = _blocks(q * scale, 64, qk)
-        k = _blocks(k, 128, qk)
+        if variant.endswith("k-head"):
+            k = _int8(k)
+        elif variant.endswith("k-token"):
+            ks = k.abs().amax(1, keepdim=True).clamp(min=1e-30) / 127.0
+            k = (k / ks).round().clamp(-127, 127) * ks
+        else:
+            k = _blocks(k, 128, qk)
         scale = 1.0
     s = (q @ k.T) * scale
     s = s.masked_fill(~allowed, float("-inf"))

@@ -8,10 +8,12 @@ mask is built by the tests' own brute-force code (tests/bruteforce.py), not by n
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 import na_accel
 from na_accel import AlreadyPatchedError
@@ -787,3 +789,35 @@ def test_precision_fp8_dense_call_under_autograd_runs_the_original_and_says_why(
         "a dense call GNA cannot answer (autograd is recording (na_accel attention is forward-only)) runs the "
         "original attention": 2
     }
+
+
+def test_precision_fp8_in_the_dense_steps_only(monkeypatch):
+    """examples/configs/hunyuan_fast_fp8_dense.yaml (defaults fp8, a rule from the first sparse step on with bf16),
+    scaled to the tiny model: the dense step's calls ask for fp8 (GNA over the whole grid), the sparse step's run the
+    window in bf16; on the CPU only the dense step's calls count as fp8 fallbacks."""
+    from na_accel.ops.precision import fp8_fallbacks, reset_fp8_fallbacks
+    from na_accel.patching.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "configs" / "hunyuan_fast_fp8_dense.yaml"
+    shipped = load_config(path)
+    assert shipped.defaults.precision == "fp8" and shipped.dense_steps == 15
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["defaults"].update(SPARSE["hunyuan"], dense_steps=1)
+    data["layers"][0]["steps"] = [1, -1]
+    calls = _record_gna_calls(monkeypatch)
+    m = model("hunyuan")
+    steps = two_steps("hunyuan", text_lengths=[5, 8])
+    window = (tuple(SPARSE["hunyuan"]["kernel_size"]), tuple(SPARSE["hunyuan"]["stride"]), "bf16")
+    reset_fp8_fallbacks()
+    per_step, fp8_after_step = [], []
+    with na_accel.patched(m, config=data) as handle:
+        for kw in steps:
+            calls.clear()
+            run(m, kw)
+            per_step.append(list(calls))
+            fp8_after_step.append(sum(fp8_fallbacks().values()))
+    n_layers = 4 if "hunyuan" in TEXT_FIRST else 2
+    assert per_step[0] == [((-1, -1, -1), 1, "fp8")] * n_layers
+    assert per_step[1] == [window] * n_layers
+    assert fp8_after_step == [n_layers, n_layers]
+    assert handle.step == 1
