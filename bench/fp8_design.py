@@ -6,8 +6,9 @@ The 8-bit kernel (``na_accel/kernels/gluon_hopper_fp8.py``) quantizes Q per 64-r
 its variants on the same inputs and reports, per variant, the relative L2 error and cosine similarity of the grid
 queries' outputs against exact fp32 attention with the same mask:
 
-* ``e4m3``: Q, K, P, V all float8 e4m3 (what the kernel runs);
-* ``int8-qk``: Q and K as symmetric int8 (per block, 127 levels), P and V e4m3 (SageAttention 2's split);
+* ``e4m3``: Q, K, P, V all float8 e4m3 (the kernel with ``configs.FP8_QK_INT8 = False``);
+* ``int8-qk``: Q and K as symmetric int8 (per block, 127 levels), P and V e4m3 (SageAttention 2's split; the
+  kernel's default);
 * ``int8-qk/bf16-pv``: int8 Q and K, P and V in bf16 (SageAttention 1.0.6);
 * ``e4m3-qk/bf16-pv``: e4m3 Q and K, P and V in bf16;
 * ``int8-qk/k-head`` and ``int8-qk/k-token``: as ``int8-qk`` with K scaled once per head or once per key instead of
