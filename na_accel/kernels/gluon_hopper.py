@@ -228,31 +228,52 @@ def _tile_softmax(s, j, m_i, l_i, qk_scale, ROW_BASE: gl.constexpr, tile, shape,
     ``s`` of query rows ``ROW_BASE + [0, M)``. ``ALL_FULL``: no key tile of this query tile needs a mask."""
     if ALL_FULL:
         return _softmax_step(s, m_i, l_i, qk_scale)
-    BN: gl.constexpr = s.shape[1]
-    s_layout: gl.constexpr = s.type.layout
-    is_grid = j < tile.n_grid
+    if _tile_is_full(j, s.shape[1], tile, shape):
+        p, alpha, m_new, l_new = _softmax_step(s, m_i, l_i, qk_scale)
+    else:
+        mask = _tile_mask(j, s, ROW_BASE, tile, shape)
+        p, alpha, m_new, l_new = _masked_softmax_step(s, mask, m_i, l_i, qk_scale)
+    return p, alpha, m_new, l_new
+
+
+@_gluon_jit
+def _tile_coords(j, tile):
+    """Union coordinates ``(j0, j1, j2)`` of grid key tile ``j`` (raster order over the union's tiles)."""
     j2 = j % tile.c2
     j1 = (j // tile.c2) % tile.c1
     j0 = j // (tile.c1 * tile.c2)
-    full = is_grid & (j0 >= tile.fa0) & (j0 < tile.fa0 + tile.nf0) & (j1 >= tile.fa1) & (j1 < tile.fa1 + tile.nf1)
-    full = full & (j2 >= tile.fa2) & (j2 < tile.fa2 + tile.nf2)
-    if shape.HAS_EXTRA:  # an extra-key tile whose keys are all valid needs no mask either
+    return j0, j1, j2
+
+
+@_gluon_jit
+def _tile_is_full(j, BN: gl.constexpr, tile, shape):
+    """Whether key tile ``j`` needs no mask: a grid tile inside every query's window, or an extra-key tile whose
+    keys are all valid."""
+    j0, j1, j2 = _tile_coords(j, tile)
+    full = (j < tile.n_grid) & (j0 >= tile.fa0) & (j0 < tile.fa0 + tile.nf0) & (j1 >= tile.fa1)
+    full = full & (j1 < tile.fa1 + tile.nf1) & (j2 >= tile.fa2) & (j2 < tile.fa2 + tile.nf2)
+    if shape.HAS_EXTRA:
         full = full | ((j >= tile.n_grid) & ((j - tile.n_grid + 1) * BN <= tile.n_valid))
-    if full:
-        p, alpha, m_new, l_new = _softmax_step(s, m_i, l_i, qk_scale)
-    else:
-        cols = gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-        r = ROW_BASE + gl.arange(0, s.shape[0], layout=gl.SliceLayout(1, s_layout))
-        if shape.HAS_EXTRA:
-            if is_grid:
-                mask = _grid_mask(j0, j1, j2, r, cols, tile, shape)
-            else:
-                t = (j - tile.n_grid) * BN + cols
-                mask = gl.expand_dims(t < tile.n_valid, 0) & gl.expand_dims(r >= 0, 1)
-        else:
+    return full
+
+
+@_gluon_jit
+def _tile_mask(j, s, ROW_BASE: gl.constexpr, tile, shape):
+    """Which (query row, key) pairs of key tile ``j`` are attended, in the layout of the scores ``s``."""
+    BN: gl.constexpr = s.shape[1]
+    s_layout: gl.constexpr = s.type.layout
+    cols = gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
+    r = ROW_BASE + gl.arange(0, s.shape[0], layout=gl.SliceLayout(1, s_layout))
+    j0, j1, j2 = _tile_coords(j, tile)
+    if shape.HAS_EXTRA:
+        if j < tile.n_grid:
             mask = _grid_mask(j0, j1, j2, r, cols, tile, shape)
-        p, alpha, m_new, l_new = _masked_softmax_step(s, mask, m_i, l_i, qk_scale)
-    return p, alpha, m_new, l_new
+        else:
+            t = (j - tile.n_grid) * BN + cols
+            mask = gl.expand_dims(t < tile.n_valid, 0) & gl.expand_dims(r >= 0, 1)
+    else:
+        mask = _grid_mask(j0, j1, j2, r, cols, tile, shape)
+    return mask
 
 
 @_gluon_jit

@@ -37,12 +37,13 @@ from .gluon_hopper import (
     _all_full,
     _consumer_state,
     _gluon_jit,
-    _grid_mask,
     _key_tiles,
     _Out,
     _Shape,
     _shared_ring,
     _store_rows,
+    _tile_is_full,
+    _tile_mask,
     launch_ws,
 )
 from .gluon_hopper import problem_reason as _gluon_reason
@@ -175,29 +176,10 @@ def _tile_softmax8(f, j, m_i, l_i, c, off, ROW_BASE: gl.constexpr, tile, shape, 
     """:func:`.gluon_hopper._tile_softmax` on offset scores (masked scores set to -inf before the step)."""
     if ALL_FULL:
         return _softmax8(f, m_i, l_i, c, off)
-    BN: gl.constexpr = f.shape[1]
-    s_layout: gl.constexpr = f.type.layout
-    is_grid = j < tile.n_grid
-    j2 = j % tile.c2
-    j1 = (j // tile.c2) % tile.c1
-    j0 = j // (tile.c1 * tile.c2)
-    full = is_grid & (j0 >= tile.fa0) & (j0 < tile.fa0 + tile.nf0) & (j1 >= tile.fa1) & (j1 < tile.fa1 + tile.nf1)
-    full = full & (j2 >= tile.fa2) & (j2 < tile.fa2 + tile.nf2)
-    if shape.HAS_EXTRA:
-        full = full | ((j >= tile.n_grid) & ((j - tile.n_grid + 1) * BN <= tile.n_valid))
-    if full:
+    if _tile_is_full(j, f.shape[1], tile, shape):
         p, alpha, m_new, l_new = _softmax8(f, m_i, l_i, c, off)
     else:
-        cols = gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-        r = ROW_BASE + gl.arange(0, f.shape[0], layout=gl.SliceLayout(1, s_layout))
-        if shape.HAS_EXTRA:
-            if is_grid:
-                mask = _grid_mask(j0, j1, j2, r, cols, tile, shape)
-            else:
-                t = (j - tile.n_grid) * BN + cols
-                mask = gl.expand_dims(t < tile.n_valid, 0) & gl.expand_dims(r >= 0, 1)
-        else:
-            mask = _grid_mask(j0, j1, j2, r, cols, tile, shape)
+        mask = _tile_mask(j, f, ROW_BASE, tile, shape)
         p, alpha, m_new, l_new = _softmax8(gl.where(mask, f, float("-inf")), m_i, l_i, c, off)
     return p, alpha, m_new, l_new
 
