@@ -1,5 +1,6 @@
 """The layout step of the 8-bit kernel (:mod:`.gluon_hopper_fp8`): one Triton pass that puts Q, K and V in tiled
-token order and quantizes them to float8 e4m3, so that every tile the kernel reads is one TMA box.
+token order and quantizes them (Q and K to int8, or float8 e4m3 with ``qk_int8=False``; V to e4m3), so that every
+tile the kernel reads is one TMA box.
 
 Tiled order: the (padded to 3-D) grid is cut into aligned tiles ``(T0, T1, T2)`` of 128 tokens (the kernel's query
 and key tile, :data:`.configs.GLUON`); tile ``t`` (raster order over tiles) holds rows ``[128 t, 128 (t + 1))``, its
@@ -18,8 +19,9 @@ What is stored (``[B * heads]`` rows of each):
   V with the keys contiguous), divided by a per-channel scale ``v_scale [BH, D]`` (max |V| over all keys / 448);
   within each 32-key block the keys are stored in the order of :func:`pv_column` (see there).
 
-Scales are max|x| / 448 (448: the largest e4m3 value), 1 for all-zero blocks; divisions round to nearest (IEEE), so the
-bytes are exactly PyTorch's ``(x / scale).to(torch.float8_e4m3fn)`` (tests/test_gluon_fp8_gpu.py).
+Scales are max|x| / 448 for e4m3 (448: its largest value) and max|x| / 127 for int8, 1 for all-zero blocks;
+divisions round to nearest (IEEE), so the bytes are exactly PyTorch's ``(x / scale).to(torch.float8_e4m3fn)``, or
+``floor(x / scale + 0.5)`` as int8 (tests/test_gluon_fp8_gpu.py, tests/test_fp8_cpu.py).
 """
 
 from __future__ import annotations
