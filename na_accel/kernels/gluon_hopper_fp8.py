@@ -1,20 +1,23 @@
 """Grid queries with 8-bit operands in Gluon on Hopper (sm_90): :func:`gna_forward_fp8`, the kernel of
-:mod:`.gluon_hopper` on float8 e4m3 operands (Hopper's 8-bit wgmma runs at twice the 16-bit rate).
+:mod:`.gluon_hopper` on 8-bit operands (Hopper's 8-bit wgmma runs at twice the 16-bit rate).
 :func:`unsupported_reason` says when it cannot run a problem (the ``triton`` backend then runs the call in the
 inputs' precision and reports why).
 
 What changes against the 16-bit kernel:
 
-* Layout: :func:`.fp8_layout.quantize_tiled` first writes Q, K and V in tiled token order as e4m3 (Q per 64-row
-  block and K per 128-key tile with their own scales, K smoothed, V per channel and transposed). Every query tile
+* Layout: :func:`.fp8_layout.quantize_tiled` first writes Q, K and V in tiled token order, Q and K as int8 (or e4m3:
+  ``configs.FP8_QK_INT8``), V as e4m3 (Q per 64-row block and K per 128-key tile with their own scales, K smoothed,
+  V per channel and transposed). Every query tile
   and key tile is one 2-D TMA box. Key tiles are the aligned tiles of the grid, so the union of a query tile's
   windows is covered from the aligned tile at or before its start (at most one more tile per axis than the 16-bit
   kernel's unaligned union; none for GNA whose windows start on tile boundaries: hunyuan-gna, flux4k-gna).
 * QK^T: ``S = (Q8 K8^T) * q_scale * k_scale[j]``, the scales of the consumer's Q block and of key tile j (loaded one
-  tile ahead); Q already carries ``scale * log2(e)``.
-* P is quantized in registers: ``P8 = e4m3(448 * P)``, passed to the PV wgmma as operand A; the row sums ``l`` are
-  taken from P in fp32. PV reads the transposed V tile ``[D, 128]`` (8-bit wgmma wants both operands K-major).
-* Epilogue: ``O = acc * v_scale / (448 * l)``; everything accumulates in fp32 (the wgmma accumulator).
+  tile ahead); Q already carries ``scale * log2(e)``. With int8 the s32 accumulator becomes fp32 by one integer add
+  (:data:`_MAGIC_BITS`) and the offset is taken out in the exp2 argument (:func:`_softmax8`).
+* P: ``P8 = e4m3(448 * P)`` (the 448 folded into the exp2 argument), stored to shared memory and read from there
+  by the PV wgmma (``configs.FP8_P_SMEM``; or passed in registers as operand A); the row sums ``l`` are taken from
+  ``448 * P`` in fp32. PV reads the transposed V tile ``[D, 128]`` (8-bit wgmma wants both operands K-major).
+* Epilogue: ``O = acc * v_scale / l``; everything accumulates in fp32 (the wgmma accumulator).
 
 The pipeline is the 16-bit kernel's (a 1-warp TMA producer, two consumer warpgroups of 64 query rows each, a K/V
 ring with ready/empty mbarriers, QK^T of tile j issued before PV of tile j - 1); its tile math (windows, the full
