@@ -64,7 +64,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import na_accel  # noqa: E402
 from na_accel.errors import ShapeError  # noqa: E402
 from na_accel.kernels.configs import FAST  # noqa: E402
-from na_accel.ops.precision import PRECISIONS  # noqa: E402
+from na_accel.ops.precision import PRECISIONS, fp8_fallbacks  # noqa: E402
 from na_accel.ops.semantics import make_params  # noqa: E402
 from na_accel.patching.config import load_config  # noqa: E402
 from na_accel.patching.families import adapter_for  # noqa: E402
@@ -107,15 +107,13 @@ class SweepConfig:
     precision: str = "bf16"
 
     @property
-    def label(self) -> str:
-        return f"w{_x(self.window)}-s{self.stride_kind}-d{self.dense_steps}" + (
-            "" if self.precision == "bf16" else f"-{self.precision}"
-        )
-
-    @property
     def twin(self) -> str:
         """The label of the same config in bf16 (its reference for an 8-bit row)."""
         return f"w{_x(self.window)}-s{self.stride_kind}-d{self.dense_steps}"
+
+    @property
+    def label(self) -> str:
+        return self.twin + ("" if self.precision == "bf16" else f"-{self.precision}")
 
     @property
     def flop_bound(self) -> float:
@@ -294,7 +292,6 @@ def sweep_row(cfg: SweepConfig | None, pipe: Any, prompts: Prompts, gen: dict[st
     dense reference (frames and latents on the device) for the dense row (and, with ``keep_frames``, the frames of
     a sparse row: the reference of its 8-bit twin) and the first clip's uint8 frames. ``twin``: the bf16 row's
     ``kept`` and row, compared with this (8-bit) row."""
-    from na_accel.ops.precision import fp8_fallbacks
 
     name = "dense" if cfg is None else cfg.label
     handle = probe = None

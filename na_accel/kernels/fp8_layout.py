@@ -41,9 +41,9 @@ SMOOTH_STRIDE = 8
 
 
 @triton.jit
-def _absmax_scale(x, axis: tl.constexpr, QMAX: tl.constexpr):
-    """max |x| / QMAX along ``axis`` (1 where the block is all zero)."""
-    amax = tl.max(tl.abs(x), axis=axis)
+def _scale(amax, QMAX: tl.constexpr):
+    """The quantization scale of a block whose largest magnitude is ``amax``: amax / QMAX (1 for an all-zero
+    block)."""
     return tl.where(amax > 0.0, tl.math.div_rn(amax, QMAX), 1.0)
 
 
@@ -77,6 +77,7 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
     """Program (tile t, batch * head): quantize one 128-token tile of Q, K and V (grid tiles t < NTG) or of the
     extra K and V (t >= NTG) into the tiled 8-bit layout."""
     BT: tl.constexpr = T0 * T1 * T2
+    QK_MAX: tl.constexpr = 127.0 if QK_INT8 else FP8_MAX  # the largest int8 / e4m3 magnitude of Q and K
     HALF: tl.constexpr = BT // 2
     t = tl.program_id(0)
     bh = tl.program_id(1)
@@ -104,9 +105,8 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
         row_amax = tl.max(tl.abs(q), axis=1)
         lo_amax = tl.max(tl.where(r < HALF, row_amax, 0.0), axis=0)
         hi_amax = tl.max(tl.where(r >= HALF, row_amax, 0.0), axis=0)
-        QMAX: tl.constexpr = 127.0 if QK_INT8 else FP8_MAX
-        s_lo = tl.where(lo_amax > 0.0, tl.math.div_rn(lo_amax, QMAX), 1.0)
-        s_hi = tl.where(hi_amax > 0.0, tl.math.div_rn(hi_amax, QMAX), 1.0)
+        s_lo = _scale(lo_amax, QK_MAX)
+        s_hi = _scale(hi_amax, QK_MAX)
         q_row_scale = tl.where(r < HALF, s_lo, s_hi)
         q8 = _quantize(q, q_row_scale[:, None], QK_INT8)
         q_rows = (bh.to(tl.int64) * NQ + t * BT + r) * D
@@ -128,7 +128,7 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
                     other=0.0)  # fmt: skip
     # K: smoothed, one scale per tile
     k = tl.where(gl_mask, k.to(tl.float32) - kmean[None, :], 0.0)
-    k_scale = _absmax_scale(tl.max(tl.abs(k), axis=1), 0, 127.0 if QK_INT8 else FP8_MAX)
+    k_scale = _scale(tl.max(tl.max(tl.abs(k), axis=1), axis=0), QK_MAX)
     k8 = _quantize(k, k_scale, QK_INT8)
     k_rows = (bh.to(tl.int64) * NK + t * BT + r) * D
     tl.store(k8_ptr + k_rows[:, None] + d[None, :], k8)

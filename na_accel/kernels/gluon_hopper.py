@@ -565,6 +565,23 @@ def _key_tiles(pid, b, elen_ptr, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA,
 
 
 @_gluon_jit
+def _program(out_ptr, elen_ptr, sob, son, soh, H, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA,
+             TQ0: gl.constexpr, TQ1: gl.constexpr, TQ2: gl.constexpr,
+             TK0: gl.constexpr, TK1: gl.constexpr, TK2: gl.constexpr, BN: gl.constexpr,
+             HAS_EXTRA: gl.constexpr, HAS_ELEN: gl.constexpr, ALIGN: gl.constexpr):  # fmt: skip
+    """What a program of the 16- and 8-bit kernels works on: its query tile ``pid`` and ``bh`` (batch * heads + head,
+    split into ``b``, ``h``), the tile math (:func:`_key_tiles`) and its output rows (:class:`_Out`)."""
+    pid = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    tile, ub = _key_tiles(pid, b, elen_ptr, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, TQ0, TQ1, TQ2, TK0, TK1, TK2,
+                          BN, HAS_EXTRA, HAS_ELEN, ALIGN)  # fmt: skip
+    out = _Out(ptr=out_ptr, base=b.to(gl.int64) * sob + h.to(gl.int64) * soh, son=son)
+    return pid, bh, b, h, tile, ub, out
+
+
+@_gluon_jit
 def _gna_gluon_kernel(q_desc, k_desc, v_desc, ek_desc, ev_desc, out_ptr, elen_ptr, sob, son, soh,
                       H, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, qk_scale,
                       TQ0: gl.constexpr, TQ1: gl.constexpr, TQ2: gl.constexpr,
@@ -578,21 +595,14 @@ def _gna_gluon_kernel(q_desc, k_desc, v_desc, ek_desc, ev_desc, out_ptr, elen_pt
     M: gl.constexpr = (TQ0 * TQ1 * TQ2) // 2  # query rows per consumer warpgroup
     dtype: gl.constexpr = k_desc.dtype
 
-    pid = gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // H
-    h = bh % H
-    tile, _ = _key_tiles(pid, b, elen_ptr, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, TQ0, TQ1, TQ2, TK0, TK1, TK2,
-                         BN, HAS_EXTRA, HAS_ELEN, False)  # fmt: skip
-    f0 = tile.f0
-    u_lo0 = tile.u_lo0
-    row0 = b * L0 + f0  # query tile start on the folded (batch, axis 0) descriptor axis
-    kv_row0 = b * L0 + u_lo0
-    o_base = b.to(gl.int64) * sob + h.to(gl.int64) * soh
+    _pid, _bh, b, h, tile, _ub, out = _program(out_ptr, elen_ptr, sob, son, soh, H, L0, L1, L2, K0, K1, K2, S0, S1,
+                                               S2, T_EXTRA, TQ0, TQ1, TQ2, TK0, TK1, TK2, BN, HAS_EXTRA, HAS_ELEN,
+                                               False)  # fmt: skip
+    row0 = b * L0 + tile.f0  # query tile start on the folded (batch, axis 0) descriptor axis
+    kv_row0 = b * L0 + tile.u_lo0
 
     smem = _shared_ring(dtype, dtype, M, BN, D, NUM_STAGES, False)
     shape = _Shape(TQ0=TQ0, TQ1=TQ1, TQ2=TQ2, TK0=TK0, TK1=TK1, TK2=TK2, HAS_EXTRA=HAS_EXTRA)  # constants, see _Shape
-    out = _Out(ptr=out_ptr, base=o_base, son=son)
     descs = _Descs(q=q_desc, k=k_desc, v=v_desc, ek=ek_desc, ev=ev_desc)
     pos = _LoadPos(b=b, h=h, row0=row0, f1=tile.f1, f2=tile.f2, kv_row0=kv_row0, u_lo1=tile.u_lo1, u_lo2=tile.u_lo2,
                    c1=tile.c1, c2=tile.c2, n_grid=tile.n_grid, n_tiles=tile.n_tiles)  # fmt: skip

@@ -40,8 +40,7 @@ from .gluon_hopper import (
     _all_full,
     _consumer_state,
     _gluon_jit,
-    _key_tiles,
-    _Out,
+    _program,
     _Shape,
     _shared_ring,
     _store_rows,
@@ -339,20 +338,15 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
     TK1: gl.constexpr = TQ1
     TK2: gl.constexpr = TQ2
 
-    pid = gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // H
-    h = bh % H
-    tile, ub = _key_tiles(pid, b, elen_ptr, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, TQ0, TQ1, TQ2, TK0, TK1, TK2,
-                          BN, HAS_EXTRA, HAS_ELEN, True)  # fmt: skip
+    pid, bh, _b, _h, tile, ub, out = _program(out_ptr, elen_ptr, sob, son, soh, H, L0, L1, L2, K0, K1, K2, S0, S1,
+                                              S2, T_EXTRA, TQ0, TQ1, TQ2, TK0, TK1, TK2, BN, HAS_EXTRA, HAS_ELEN,
+                                              True)  # fmt: skip
     nt1 = (L1 + TQ1 - 1) // TQ1
     nt2 = (L2 + TQ2 - 1) // TQ2
-    o_base = b.to(gl.int64) * sob + h.to(gl.int64) * soh
     smem = _shared_ring(dtype, vt_desc.dtype, M, BN, D, NUM_STAGES, True)
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([M, BN], gl.float8e4nv)
     p_bufs = gl.allocate_shared_memory(gl.float8e4nv, [2, M, BN], p_layout)  # one per consumer (P_SMEM)
     shape = _Shape(TQ0=TQ0, TQ1=TQ1, TQ2=TQ2, TK0=TK0, TK1=TK1, TK2=TK2, HAS_EXTRA=HAS_EXTRA)
-    out = _Out(ptr=out_ptr, base=o_base, son=son)
     tp = _TilePos(ub0=ub[0], ub1=ub[1], ub2=ub[2], nt1=nt1, nt2=nt2, ntg=NTG, c1=tile.c1, c2=tile.c2,
                   n_grid=tile.n_grid)
     bh64 = bh.to(gl.int64)

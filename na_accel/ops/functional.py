@@ -359,7 +359,7 @@ _ND_DOC = """{n}-D neighborhood attention (GNA) on ``[B, {axes}, heads, D]`` ten
             with the GNA mask: off the GPU, small grids) or ``"reference"``.
         return_lse: also return the fp32 natural-log logsumexp ``[B, {axes}, heads]``.
         precision: ``"bf16"`` (default: the inputs' own dtype, no quantization) or ``"fp8"``: 8-bit operands (Q/K
-            per block, K smoothed, V per channel, P in registers, fp32 accumulation) in the Gluon kernel on Hopper,
+            int8 per block, K smoothed, P and V e4m3, V per channel, fp32 accumulation) in the Gluon kernel on Hopper,
             for sparse and dense windows; where that kernel cannot run the call (other GPUs, CPU, head dims,
             dtypes, other backends) it runs in the inputs' precision, the reason logged once and counted in
             ``na_accel.ops.precision.fp8_fallbacks()``.

@@ -334,7 +334,7 @@ def _gna_forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_ca
             raise NotImplementedError("dense fallback inside the Ulysses forward op has no logsumexp")
         lse = None
     else:
-        params, backend, precision = layer.params, layer.window.backend, layer.window.precision
+        params, backend, precision = layer.params, layer.spec.backend, layer.spec.precision
         if layout.num_text:
             res = na_joint(query, key, value, layout.grid, layout.num_text, kernel_size=params.kernel_size,
                            stride=params.stride, dilation=params.dilation, is_causal=params.is_causal, scale=scale,

@@ -79,6 +79,11 @@ class Choice:
         """True when some layer's window changes between step ranges."""
         return len(set(self.range_layers)) > 1
 
+    @property
+    def step_ranges(self) -> int:
+        """How many step ranges the plan's windows change across (1: one window per layer)."""
+        return len(self.ranges) if self.by_range else 1
+
     def cells(self, n_steps: int) -> list[list[int | None]]:
         """Per layer, its candidate at each step of a generation of ``n_steps`` steps (None: dense, a dense step or
         a dense layer)."""

@@ -717,7 +717,7 @@ def tune(
             rows = score_clips(dense_fit, clips, fit_idx, detector)
             summ = summarize_scores(rows)
             entry = {"threshold": plan.threshold, "dense_steps": plan.dense_steps, "speedup": plan.speedup,
-                     "step_ranges": len(plan.ranges) if plan.by_range else 1, "predicted_kept": plan.predicted_kept,
+                     "step_ranges": plan.step_ranges, "predicted_kept": plan.predicted_kept,
                      "lowest_kept": plan.lowest_kept, "fit": summ, "clips": rows, "seconds": clips.seconds,
                      "attention_calls": calls}  # fmt: skip
             if calls["sparse"] == 0:
@@ -793,7 +793,7 @@ def tune(
     measured = _measured_text(label, size, steps, chosen, fit_summary, hold_summary, n_fit, len(hold_idx), env,
                               dense_clip_s, tuned_clip_s, target_psnr, target_speedup)  # fmt: skip
     quality = _quality_section(fit_summary, target_psnr)
-    per = f"per-layer windows in {len(chosen.ranges)} step ranges" if chosen.by_range else "per-layer windows"
+    per = f"per-layer windows in {chosen.step_ranges} step ranges" if chosen.by_range else "per-layer windows"
     description = (f"tuned by na-accel tune for {label} at {size}: {chosen.dense_steps} dense steps, {per} "
                    f"(threshold {chosen.threshold:g} of kept attention), {chosen.speedup:.2f}x attention "
                    "FLOPs")  # fmt: skip
@@ -853,7 +853,7 @@ def tune(
             {
                 "threshold": p.threshold,
                 "dense_steps": p.dense_steps,
-                "step_ranges": len(p.ranges) if p.by_range else 1,
+                "step_ranges": p.step_ranges,
                 "speedup": p.speedup,
                 "predicted_kept": p.predicted_kept,
                 "lowest_kept": p.lowest_kept,
