@@ -398,10 +398,11 @@ def _mean(xs: list[float]) -> float | None:
 
 def project(rec: dict, preset_dense_steps: int, total: int = 50) -> dict | None:
     """Projected time of a ``total``-step generation from the steady-state step times: encode + dense steps +
-    sparse steps (the preset's own dense_steps) + decode. With a cache the measured steps include skipped ones, so
-    the projection is only as good as their share in the short run."""
+    sparse steps (the preset's own dense_steps) + decode. None with a cache: which steps a cache skips depends on
+    its schedule over the whole run (TaylorSeer computes its first steps in full, MagCache skips by accumulated
+    error), so a short run's last steps do not stand for the others; compare the runs' totals instead."""
     t = rec.get("timings")
-    if not t:
+    if not t or rec.get("cache"):
         return None
     dense_step = rec["dense_step_s"]
     if rec["config"] == "preset":
