@@ -183,6 +183,16 @@ def _wrappers():
     return grid.gna_forward, gluon.gna_forward_gluon
 
 
+def _fp8_wrapper():
+    """The 8-bit Gluon wrapper of the tree on sys.path, or None where the tree has none."""
+    import importlib
+
+    try:
+        return importlib.import_module("na_accel.kernels.gluon_hopper_fp8").gna_forward_fp8
+    except ModuleNotFoundError:
+        return None
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Variants: duck-typed problems (the fields of na_accel.ops.dispatch.Problem)
 # --------------------------------------------------------------------------------------------------------------
@@ -240,7 +250,7 @@ _SHAPES = {
 
 
 def _variants() -> dict:
-    """name -> (kind, problem factory, wrapper kwargs); kind is "triton" (grid wrapper) or "gluon"."""
+    """name -> (kind, problem factory, wrapper kwargs); kind is "triton" (grid wrapper), "gluon" or "gluon-fp8"."""
     v: dict = {}
 
     def add(name, kind, factory, **kw):
@@ -309,6 +319,13 @@ def _variants() -> dict:
                     name = f"gluon-{nd}d-{dt}-d{hd}" + ("-extra" if extra else "") + ("-lengths" if lengths else "")
                     add(name, "gluon", lambda g=grid, k=ks, s=st, d=dt, h=hd, e=extra, ln=lengths: _problem(
                         g, k, s, dtype=d, head_dim=h, extra=e, lengths=ln, layout="packed"))  # fmt: skip
+    # ---- 8-bit Gluon kernel and its layout step (bf16 inputs; trees without gluon_hopper_fp8 skip these) ----
+    for nd, (grid, ks, st) in _SHAPES.items():
+        for hd in (64, 128):
+            for extra, lengths in ((0, False), (77, False), (77, True)):
+                name = f"gluon-fp8-{nd}d-d{hd}" + ("-extra" if extra else "") + ("-lengths" if lengths else "")
+                add(name, "gluon-fp8", lambda g=grid, k=ks, s=st, h=hd, e=extra, ln=lengths: _problem(
+                    g, k, s, head_dim=h, extra=e, lengths=ln, layout="packed"))  # fmt: skip
     return v
 
 
@@ -385,6 +402,11 @@ def build(args) -> int:
             problem = factory()
             if kind == "gluon":
                 gluon_fn(problem, warmup_only=True, **kw)
+            elif kind == "gluon-fp8":
+                fp8_fn = _fp8_wrapper()
+                if fp8_fn is None:
+                    continue
+                fp8_fn(problem, warmup_only=True, **kw)
             else:
                 grid_fn(problem, **kw)
         except Exception as exc:

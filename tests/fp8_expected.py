@@ -57,10 +57,11 @@ def expected_tiled(q, k, v, ek, ev, lengths, grid3, tile, qk_scale, qk_int8=Fals
     if ek is not None:
         kt = torch.cat([kt, extra(ek, mean)], 1)
         vt = torch.cat([vt, extra(ev, 0.0)], 1)
-    k8, k_scale = blocks(kt, bt)
+    k8, k_scale = blocks(kt, kt.shape[1])  # one scale per (batch, head)
     vs = value_scale(v, ev).view(b * h, 1, d)
     v8 = (vt / vs).to(f8).transpose(1, 2)
     cols = torch.arange(v8.shape[-1], device=q.device)
     vt8 = torch.empty_like(v8.contiguous())
     vt8[..., pv_column(cols)] = v8  # key r of each tile is stored at column pv_column(r)
-    return {"q8": q8, "q_scale": q_scale, "k8": k8, "k_scale": k_scale, "vt8": vt8, "v_scale": vs.view(b * h, d)}
+    return {"q8": q8, "q_scale": q_scale, "k8": k8, "k_scale": k_scale.view(b * h), "vt8": vt8,
+            "v_scale": vs.view(b * h, d)}

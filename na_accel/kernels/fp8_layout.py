@@ -14,7 +14,8 @@ What is stored (``[B * heads]`` rows of each):
   query tile: one consumer warpgroup's rows), ``q_scale [BH, NQ / 64]``;
 * ``k8`` ``[BH, NK, D]``: K minus a per-(batch, head) vector ``k_mean`` (the mean of every 8th grid key: any vector
   subtracted from every key leaves each query's softmax unchanged, and the mean takes out the channel offsets that
-  would otherwise set the scale), one scale per 128-key tile, ``k_scale [BH, NK / 128]``;
+  would otherwise set the scale), one scale per (batch, head), ``k_scale [BH]`` (:func:`key_scale`, computed before
+  the pass: a key tile may then start anywhere, and the kernel loads one scale per program);
 * ``vt8`` ``[BH, D, NK]``: V transposed (Hopper's 8-bit wgmma reads both operands K-major, so the PV product needs
   V with the keys contiguous), divided by a per-channel scale ``v_scale [BH, D]`` (max |V| over all keys / 448);
   within each 32-key block the keys are stored in the order of :func:`pv_column` (see there).
@@ -126,13 +127,11 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
                     other=0.0)  # fmt: skip
         v = tl.load(ev_ptr + b.to(tl.int64) * sevb + h * sevh + e64[:, None] * sevn + d[None, :], mask=gl_mask,
                     other=0.0)  # fmt: skip
-    # K: smoothed, one scale per tile
+    # K: smoothed, the (batch, head)'s scale (key_scale)
     k = tl.where(gl_mask, k.to(tl.float32) - kmean[None, :], 0.0)
-    k_scale = _scale(tl.max(tl.max(tl.abs(k), axis=1), axis=0), QK_MAX)
-    k8 = _quantize(k, k_scale, QK_INT8)
+    k8 = _quantize(k, tl.load(ks_ptr + bh), QK_INT8)
     k_rows = (bh.to(tl.int64) * NK + t * BT + r) * D
     tl.store(k8_ptr + k_rows[:, None] + d[None, :], k8)
-    tl.store(ks_ptr + bh * (NK // BT) + t, k_scale)
     # V: per-channel scale, stored transposed [D, NK]
     v8 = tl.math.div_rn(v.to(tl.float32), vscale[None, :]).to(tl.float8e4nv)
     vt_cols = (bh.to(tl.int64) * D + d) * NK + t * BT
@@ -151,7 +150,7 @@ class TiledFP8(NamedTuple):
     k8: torch.Tensor  # [BH * NK, D] (like q8)
     vt8: torch.Tensor  # [BH * D, NK]
     q_scale: torch.Tensor  # [BH, NQ // 64] fp32
-    k_scale: torch.Tensor  # [BH, NK // 128] fp32
+    k_scale: torch.Tensor  # [BH] fp32
     v_scale: torch.Tensor  # [BH, D] fp32
     n_q: int  # NQ: grid tiles * 128
     n_k: int  # NK: (grid tiles + extra tiles) * 128
@@ -184,6 +183,25 @@ def value_scale(value: torch.Tensor, extra_value: torch.Tensor | None) -> torch.
     return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
 
 
+def key_scale(key: torch.Tensor, kmean: torch.Tensor, extra_key: torch.Tensor | None,
+              extra_lengths: torch.Tensor | None, qk_max: float) -> torch.Tensor:
+    """K's scale per (batch, head) ``[B, H]`` fp32: the largest ``|k - k_mean|`` over the grid keys and the valid extra
+    keys, divided by ``qk_max`` (127 or 448; 1 where zero). Exactly the layout step's rounding: per channel the
+    largest fp32 ``k - k_mean`` comes from the channel's largest key and the smallest from its smallest (rounding is
+    monotone and symmetric), so one ``aminmax`` over the keys gives it."""
+    lo, hi = torch.aminmax(key, dim=1)
+    if extra_key is not None and extra_key.shape[1] > 0:
+        ek = extra_key
+        if extra_lengths is not None:  # keys past a batch's length: replaced by a grid key, so they change nothing
+            valid = torch.arange(ek.shape[1], device=ek.device)[None, :] < extra_lengths.to(ek.device)[:, None]
+            ek = torch.where(valid[:, :, None, None], ek, key[:, :1])
+        elo, ehi = torch.aminmax(ek, dim=1)
+        lo, hi = torch.minimum(lo, elo), torch.maximum(hi, ehi)
+    amax = torch.maximum(hi.to(torch.float32) - kmean, kmean - lo.to(torch.float32)).amax(dim=-1)
+    # tensor / tensor: CUDA divides by a Python scalar through its reciprocal, which is not correctly rounded
+    return torch.where(amax > 0, amax / torch.full_like(amax, qk_max), torch.ones_like(amax))
+
+
 def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, int], qk_scale: float,
                    qk_int8: bool = False) -> TiledFP8:  # fmt: skip
     """Run the layout step for ``problem`` (fields of :class:`na_accel.ops.dispatch.Problem`) with the kernel's tile
@@ -208,8 +226,9 @@ def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, i
     k8 = torch.empty((bh * n_k, head_dim), dtype=qk_dtype, device=dev)
     vt8 = torch.empty((bh * head_dim, n_k), dtype=f8, device=dev)
     q_scale = torch.empty((bh, n_q // (bt // 2)), dtype=torch.float32, device=dev)
-    k_scale = torch.empty((bh, n_k // bt), dtype=torch.float32, device=dev)
     kmean = smoothing_mean(k).contiguous()
+    k_scale = key_scale(k, kmean, p.extra_key if has_extra else None, p.extra_lengths if has_elen else None,
+                        127.0 if qk_int8 else FP8_MAX).contiguous()  # fmt: skip
     v_scale = value_scale(v, p.extra_value if has_extra else None).contiguous()
     ek, ev = (p.extra_key, p.extra_value) if has_extra else (k, v)
     elen = p.extra_lengths if has_elen else q
@@ -222,4 +241,5 @@ def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, i
         T0=tile[0], T1=tile[1], T2=tile[2], D=head_dim, HAS_EXTRA=has_extra, HAS_ELEN=has_elen, FP8_MAX=FP8_MAX,
         QK_INT8=qk_int8, num_warps=8,
     )  # fmt: skip
-    return TiledFP8(q8, k8, vt8, q_scale, k_scale, v_scale.view(bh, head_dim), n_q, n_k, tiles, n_grid_tiles)
+    return TiledFP8(q8, k8, vt8, q_scale, k_scale.view(bh), v_scale.view(bh, head_dim), n_q, n_k, tiles,
+                    n_grid_tiles)

@@ -6,14 +6,15 @@ inputs' precision and reports why).
 What changes against the 16-bit kernel:
 
 * Layout: :func:`.fp8_layout.quantize_tiled` first writes Q, K and V in tiled token order, Q and K as int8 (or e4m3:
-  ``configs.FP8_QK_INT8``), V as e4m3 (Q per 64-row block and K per 128-key tile with their own scales, K smoothed,
-  V per channel and transposed). Every query tile
+  ``configs.FP8_QK_INT8``), V as e4m3 (Q per 64-row block, K per (batch, head) after smoothing, V per channel and
+  transposed). Every query tile
   and key tile is one 2-D TMA box. Key tiles are the aligned tiles of the grid, so the union of a query tile's
   windows is covered from the aligned tile at or before its start (at most one more tile per axis than the 16-bit
   kernel's unaligned union; none for GNA whose windows start on tile boundaries: hunyuan-gna, flux4k-gna).
-* QK^T: ``S = (Q8 K8^T) * q_scale * k_scale[j]``, the scales of the consumer's Q block and of key tile j (loaded one
-  tile ahead); Q already carries ``scale * log2(e)``. With int8 the s32 accumulator becomes fp32 by one integer add
-  (:data:`_MAGIC_BITS`) and the offset is taken out in the exp2 argument (:func:`_softmax8`).
+* QK^T: ``S = (Q8 K8^T) * q_scale * k_scale``, the scales of the consumer's Q block and of the (batch, head)'s keys
+  (one factor for the whole loop); Q already carries ``scale * log2(e)``. With int8 the s32 accumulator becomes
+  fp32 by one integer add (:data:`_MAGIC_BITS`) and the offset is taken out in the exp2 argument
+  (:func:`_softmax8`).
 * P: ``P8 = e4m3(448 * P)`` (the 448 folded into the exp2 argument), stored to shared memory and read from there
   by the PV wgmma (``configs.FP8_P_SMEM``; or passed in registers as operand A); the row sums ``l`` are taken from
   ``448 * P`` in fp32. PV reads the transposed V tile ``[D, 128]`` (8-bit wgmma wants both operands K-major).
@@ -88,7 +89,7 @@ class _TilePos(NamedTuple):
 
 
 class _Scales(NamedTuple):
-    """Scale pointers of the CTA's (batch, head): Q blocks, K tiles, V channels."""
+    """Scale pointers of the CTA's (batch, head): Q blocks, K (one value), V channels."""
 
     q: Any
     k: Any
@@ -187,28 +188,11 @@ def _tile_softmax8(f, j, m_i, l_i, c, off, ROW_BASE: gl.constexpr, tile, shape, 
 
 
 @_gluon_jit
-def _next_tile(j, j0, j1, j2, tp):
-    """Key tile ``j + 1``'s union coordinates and its index in the tiled layout, from tile ``j``'s coordinates
-    (raster order, kept incrementally: no division per tile)."""
-    j2 = j2 + 1
-    if j2 == tp.c2:
-        j2 = 0
-        j1 = j1 + 1
-        if j1 == tp.c1:
-            j1 = 0
-            j0 = j0 + 1
-    if j + 1 < tp.n_grid:
-        idx = ((tp.ub0 + j0) * tp.nt1 + tp.ub1 + j1) * tp.nt2 + tp.ub2 + j2
-    else:
-        idx = tp.ntg + j + 1 - tp.n_grid
-    return j0, j1, j2, idx
-
-
-@_gluon_jit
-def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, ROW_BASE: gl.constexpr, shape,
-              ALL_FULL: gl.constexpr, QK_INT8: gl.constexpr, p_smem, P_SMEM: gl.constexpr):  # fmt: skip
+def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE: gl.constexpr, shape, ALL_FULL: gl.constexpr,
+              QK_INT8: gl.constexpr, p_smem, P_SMEM: gl.constexpr):  # fmt: skip
     """The key tiles of the query tile on 8-bit operands: online softmax into ``acc``, ``m_i``, ``l_i`` (the
-    16-bit kernel's pipeline, :func:`.gluon_hopper._kv_loop`)."""
+    16-bit kernel's pipeline, :func:`.gluon_hopper._kv_loop`); ``c = q_scale * k_scale`` turns scores into the log2
+    domain."""
     k_bufs = smem.k_bufs
     v_bufs = smem.v_bufs
     NUM_STAGES: gl.constexpr = k_bufs.shape[0]
@@ -219,31 +203,23 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, 
     n_tiles = tile.n_tiles
     off = _MAGIC if QK_INT8 else 0.0
 
-    k_sc = gl.load(k_scales + _tile_index(0, tp))
-    zero = n_tiles * 0  # a runtime int32 (the counters are loop-carried)
-    j0, j1, j2, idx = _next_tile(zero, zero, zero, zero, tp)
-    k_next = gl.load(k_scales + gl.where(n_tiles > 1, idx, 0))
     mbarrier.wait(smem.k_ready.index(0), 0)
     s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=(s,))
     mbarrier.arrive(smem.k_empty.index(0), count=1)
-    p, alpha, m_i, l_i = _tile_softmax8(_scores(s, QK_INT8), 0, m_i, l_i, q_scale * k_sc, off, ROW_BASE, tile,
-                                        shape, ALL_FULL)  # fmt: skip
+    p, alpha, m_i, l_i = _tile_softmax8(_scores(s, QK_INT8), 0, m_i, l_i, c, off, ROW_BASE, tile, shape, ALL_FULL)
     p_op = _p_operand(p, p_layout, p_smem, P_SMEM)
     for j in range(1, n_tiles):
         st = j % NUM_STAGES  # stage of tile j
         stp = (j - 1) % NUM_STAGES  # stage of tile j - 1
-        k_sc = k_next
-        j0, j1, j2, idx = _next_tile(j, j0, j1, j2, tp)
-        k_next = gl.load(k_scales + gl.where(j + 1 < n_tiles, idx, 0))  # one tile ahead
         mbarrier.wait(smem.k_ready.index(st), (j // NUM_STAGES) & 1)
         s = warpgroup_mma(q_smem, k_bufs.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         mbarrier.wait(smem.v_ready.index(stp), ((j - 1) // NUM_STAGES) & 1)
         acc = warpgroup_mma(p_op, v_bufs.index(stp).permute((1, 0)), acc, is_async=True)
         s = warpgroup_mma_wait(1, deps=(s,))  # QK^T done, PV may still run
         mbarrier.arrive(smem.k_empty.index(st), count=1)
-        p, alpha, m_i, l_i = _tile_softmax8(_scores(s, QK_INT8), j, m_i, l_i, q_scale * k_sc, off, ROW_BASE, tile,
-                                            shape, ALL_FULL)  # fmt: skip
+        p, alpha, m_i, l_i = _tile_softmax8(_scores(s, QK_INT8), j, m_i, l_i, c, off, ROW_BASE, tile, shape,
+                                            ALL_FULL)  # fmt: skip
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(smem.v_empty.index(stp), count=1)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_layout), 1)
@@ -258,22 +234,22 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, k_scales, q_scale, 
 
 
 @_gluon_jit
-def _consumer8(smem, p_bufs, out, tile, tp, scales, q_block, shape, WG: gl.constexpr, QK_INT8: gl.constexpr,
+def _consumer8(smem, p_bufs, out, tile, scales, q_block, shape, WG: gl.constexpr, QK_INT8: gl.constexpr,
                P_SMEM: gl.constexpr):  # fmt: skip
     """Consumer warpgroup ``WG`` (0 or 1): query rows ``[WG * M, (WG + 1) * M)`` of the tile, stored to ``out``."""
     q_smem, acc, m_i, l_i, s_zero = _consumer_state(smem, WG, 32, gl.int32 if QK_INT8 else gl.float32)
     ROW_BASE: gl.constexpr = WG * q_smem.shape[0]
     D: gl.constexpr = acc.shape[1]
     o_layout: gl.constexpr = acc.type.layout
-    q_scale = gl.load(scales.q + q_block + WG)
+    c = gl.load(scales.q + q_block + WG) * gl.load(scales.k)
     mbarrier.wait(smem.q_bar, 0)
     all_full = _all_full(tile, shape, smem.k_bufs.shape[1])
     if all_full:
-        acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, scales.k, q_scale, ROW_BASE,
-                                  shape, True, QK_INT8, p_bufs.index(WG), P_SMEM)  # fmt: skip
+        acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE, shape, True, QK_INT8,
+                                  p_bufs.index(WG), P_SMEM)  # fmt: skip
     else:
-        acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, tp, scales.k, q_scale, ROW_BASE,
-                                  shape, False, QK_INT8, p_bufs.index(WG), P_SMEM)  # fmt: skip
+        acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE, shape, False, QK_INT8,
+                                  p_bufs.index(WG), P_SMEM)  # fmt: skip
 
     # epilogue: acc * v_scale / l (l sums P_SCALE * P, like acc), masked store of the valid query rows
     orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -350,12 +326,12 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
     tp = _TilePos(ub0=ub[0], ub1=ub[1], ub2=ub[2], nt1=nt1, nt2=nt2, ntg=NTG, c1=tile.c1, c2=tile.c2,
                   n_grid=tile.n_grid)
     bh64 = bh.to(gl.int64)
-    scales = _Scales(q=qs_ptr + bh64 * (NQ // M), k=ks_ptr + bh64 * (NK // BN), v=vs_ptr + bh64 * D)
+    scales = _Scales(q=qs_ptr + bh64 * (NQ // M), k=ks_ptr + bh64, v=vs_ptr + bh64 * D)
     pos = _Load8(q_row=bh * NQ + pid * (2 * M), k_row0=bh * NK, vt_row=bh * D, n_tiles=tile.n_tiles)
     gl.warp_specialize(
         [
-            (_consumer8, (smem, p_bufs, out, tile, tp, scales, pid * 2, shape, 0, QK_INT8, P_SMEM)),
-            (_consumer8, (smem, p_bufs, out, tile, tp, scales, pid * 2, shape, 1, QK_INT8, P_SMEM)),
+            (_consumer8, (smem, p_bufs, out, tile, scales, pid * 2, shape, 0, QK_INT8, P_SMEM)),
+            (_consumer8, (smem, p_bufs, out, tile, scales, pid * 2, shape, 1, QK_INT8, P_SMEM)),
             (_producer8, (q_desc, k_desc, vt_desc, smem, pos, tp)),
         ],
         [4, 1],
