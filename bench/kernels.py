@@ -50,6 +50,8 @@ CASES = {
     "dense-equal": ((30, 48, 80), (-1, -1, -1), (1, 1, 1), 24, 0),
 }
 HEAD_DIM = 128
+#: --fp8-variants: builds of the 8-bit kernel timed side by side, (configs.FP8_QK_INT8, FP8_P_SMEM, FP8_PINGPONG)
+FP8_BUILDS = [(True, True, False), (True, True, True), (False, True, False), (False, True, True), (True, False, False)]
 DTYPE = torch.bfloat16
 
 
@@ -257,18 +259,17 @@ def _fp8(name, params, x, n_text, out_bf16, ours, args) -> dict:
     rec["fp8_layout_ms"] = _bench(lambda: fp8_layout.quantize_tiled(p, tile, grid3, 1.0), args.quick)
     if args.fp8_variants:  # the 8-bit kernel's build switches (configs.FP8_*), side by side in this run
         rec["fp8_variants"] = []
-        saved = (configs.FP8_QK_INT8, configs.FP8_P_SMEM)
+        saved = (configs.FP8_QK_INT8, configs.FP8_P_SMEM, configs.FP8_PINGPONG)
         try:
-            for qk_int8 in (True, False):
-                for p_smem in (True, False):
-                    configs.FP8_QK_INT8, configs.FP8_P_SMEM = qk_int8, p_smem
-                    o = ours8()
-                    v = {"qk": "int8" if qk_int8 else "e4m3", "p": "smem" if p_smem else "registers",
-                         "ms": _bench(ours8, args.quick), **_accuracy(o, out_bf16)}  # fmt: skip
-                    rec["fp8_variants"].append(v)
-                    print(f"[{name}] fp8 variant {v}", flush=True)
+            for qk_int8, p_smem, pingpong in FP8_BUILDS:
+                configs.FP8_QK_INT8, configs.FP8_P_SMEM, configs.FP8_PINGPONG = qk_int8, p_smem, pingpong
+                o = ours8()
+                v = {"qk": "int8" if qk_int8 else "e4m3", "p": "smem" if p_smem else "registers",
+                     "pingpong": pingpong, "ms": _bench(ours8, args.quick), **_accuracy(o, out_bf16)}  # fmt: skip
+                rec["fp8_variants"].append(v)
+                print(f"[{name}] fp8 variant {v}", flush=True)
         finally:
-            configs.FP8_QK_INT8, configs.FP8_P_SMEM = saved
+            configs.FP8_QK_INT8, configs.FP8_P_SMEM, configs.FP8_PINGPONG = saved
     print(f"[{name}] fp8 {rec['fp8_ms']:.3f} ms (layout step {rec['fp8_layout_ms']:.3f} ms), path {rec['fp8_path']},"
           f" first call {rec['fp8_first_call_s']} s, vs bf16 {rec['fp8_vs_bf16']}", flush=True)  # fmt: skip
     if params.is_dense and not n_text:

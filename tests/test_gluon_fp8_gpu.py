@@ -165,6 +165,34 @@ def test_fp8_meets_the_issue_gates_on_random_inputs():
     assert cos >= MIN_COS and rel <= MAX_REL_L2, (cos, rel)
 
 
+@pytest.mark.parametrize("grid,ks,st,extra,lengths", [
+    ((16, 24, 24), (8, 8, 8), (8, 8, 8), 0, None),  # GNA on aligned tiles: the mask-free loop
+    ((13, 21, 19), (5, 9, 7), 1, 77, [77, 30]),  # NA, ragged tiles, text keys with lengths: the masked loop
+    ((2, 8, 8), (2, 8, 8), 1, 0, None),  # one key tile: the shortest schedule
+])  # fmt: skip
+def test_fp8_pingpong_gives_the_same_bits(monkeypatch, grid, ks, st, extra, lengths):
+    """The consumers' ping-pong (configs.FP8_PINGPONG) changes when each wgmma is issued, not what it computes: the
+    outputs are bit-identical with and without it (and the kernel finishes: a wrong turn count would hang)."""
+    from na_accel.kernels.gluon_hopper_fp8 import gna_forward_fp8
+
+    torch.manual_seed(3)
+    n = math.prod(grid)
+    q, k, v = (torch.randn(2, n, 2, 128, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+    ek = ev = el = None
+    if extra:
+        ek, ev = (torch.randn(2, extra, 2, 128, device=DEV, dtype=torch.bfloat16) for _ in range(2))
+        el = torch.tensor(lengths, device=DEV, dtype=torch.int32)
+    outs = []
+    for pingpong in (False, True):
+        monkeypatch.setattr(configs, "FP8_PINGPONG", pingpong)
+        p = _problem(q, k, v, grid, ks, st, ek, ev, el)
+        gna_forward_fp8(p)
+        torch.cuda.synchronize()
+        outs.append(p.out)
+    assert torch.isfinite(outs[0]).all()
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_fp8_writes_every_grid_row_of_ragged_tiles():
     """Poisoned output through the kernel's own entry point: every grid row is written, nothing else is."""
     from na_accel.kernels.gluon_hopper_fp8 import gna_forward_fp8

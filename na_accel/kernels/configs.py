@@ -158,3 +158,8 @@ FP8_QK_INT8 = True
 #: P reaches the PV wgmma of the 8-bit kernel through shared memory (True) or registers (False): see
 #: gluon_hopper_fp8._p_operand. Measured on H200: shared memory 10-30% faster (no byte packing).
 FP8_P_SMEM = True
+#: The two consumer warpgroups of the 8-bit kernel issue their wgmmas in turns (ping-pong, FlashAttention-3), so that
+#: one's exp2 runs while the other's products do (gluon_hopper_fp8._my_turn). The profile of the kernel without it:
+#: both consumers in the same phase at once, the exp2 (MUFU) as long as the 8-bit products and not hidden
+#: (bench/NOTES.md, "8-bit kernel"). Off until measured on a GPU: compiled for sm_90 on the CPU only.
+FP8_PINGPONG = False

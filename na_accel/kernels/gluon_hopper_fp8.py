@@ -188,11 +188,34 @@ def _tile_softmax8(f, j, m_i, l_i, c, off, ROW_BASE: gl.constexpr, tile, shape, 
 
 
 @_gluon_jit
+def _my_turn(turns, WG: gl.constexpr, k, PINGPONG: gl.constexpr):
+    """Ping-pong (``PINGPONG``): wait until consumer ``WG`` may issue its ``k``-th group of wgmmas. The consumers
+    take turns, consumer 0 first: consumer 1's k-th turn follows consumer 0's k-th pass (``turns[1]`` completes its
+    k-th phase), consumer 0's k-th turn (k >= 1) follows consumer 1's (k-1)-th pass."""
+    if PINGPONG:
+        if WG == 0:
+            if k > 0:
+                mbarrier.wait(turns.index(0), (k - 1) & 1)
+        else:
+            mbarrier.wait(turns.index(1), k & 1)
+
+
+@_gluon_jit
+def _pass_turn(turns, WG: gl.constexpr, PINGPONG: gl.constexpr):
+    """Ping-pong: consumer ``WG`` has issued its wgmmas; the other consumer's turn."""
+    if PINGPONG:
+        mbarrier.arrive(turns.index(1 - WG), count=1)
+
+
+@_gluon_jit
 def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE: gl.constexpr, shape, ALL_FULL: gl.constexpr,
-              QK_INT8: gl.constexpr, p_smem, P_SMEM: gl.constexpr):  # fmt: skip
+              QK_INT8: gl.constexpr, p_smem, P_SMEM: gl.constexpr, turns, WG: gl.constexpr,
+              PINGPONG: gl.constexpr):  # fmt: skip
     """The key tiles of the query tile on 8-bit operands: online softmax into ``acc``, ``m_i``, ``l_i`` (the
     16-bit kernel's pipeline, :func:`.gluon_hopper._kv_loop`); ``c = q_scale * k_scale`` turns scores into the log2
-    domain."""
+    domain. With ``PINGPONG`` the two consumers issue their wgmmas in turns (:func:`_my_turn`), so that one's
+    softmax (exp2 on the MUFU pipe) runs while the other's products use the tensor cores (FlashAttention-3's
+    schedule); each issues ``n_tiles + 1`` groups."""
     k_bufs = smem.k_bufs
     v_bufs = smem.v_bufs
     NUM_STAGES: gl.constexpr = k_bufs.shape[0]
@@ -203,8 +226,10 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE: gl.constex
     n_tiles = tile.n_tiles
     off = _MAGIC if QK_INT8 else 0.0
 
+    _my_turn(turns, WG, 0, PINGPONG)
     mbarrier.wait(smem.k_ready.index(0), 0)
     s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    _pass_turn(turns, WG, PINGPONG)
     s = warpgroup_mma_wait(0, deps=(s,))
     mbarrier.arrive(smem.k_empty.index(0), count=1)
     p, alpha, m_i, l_i = _tile_softmax8(_scores(s, QK_INT8), 0, m_i, l_i, c, off, ROW_BASE, tile, shape, ALL_FULL)
@@ -212,10 +237,12 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE: gl.constex
     for j in range(1, n_tiles):
         st = j % NUM_STAGES  # stage of tile j
         stp = (j - 1) % NUM_STAGES  # stage of tile j - 1
+        _my_turn(turns, WG, j, PINGPONG)
         mbarrier.wait(smem.k_ready.index(st), (j // NUM_STAGES) & 1)
         s = warpgroup_mma(q_smem, k_bufs.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         mbarrier.wait(smem.v_ready.index(stp), ((j - 1) // NUM_STAGES) & 1)
         acc = warpgroup_mma(p_op, v_bufs.index(stp).permute((1, 0)), acc, is_async=True)
+        _pass_turn(turns, WG, PINGPONG)
         s = warpgroup_mma_wait(1, deps=(s,))  # QK^T done, PV may still run
         mbarrier.arrive(smem.k_empty.index(st), count=1)
         p, alpha, m_i, l_i = _tile_softmax8(_scores(s, QK_INT8), j, m_i, l_i, c, off, ROW_BASE, tile, shape,
@@ -226,16 +253,18 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE: gl.constex
         p_op = _p_operand(p, p_layout, p_smem, P_SMEM)
     last = n_tiles - 1
     stp = last % NUM_STAGES
+    _my_turn(turns, WG, n_tiles, PINGPONG)
     mbarrier.wait(smem.v_ready.index(stp), (last // NUM_STAGES) & 1)
     acc = warpgroup_mma(p_op, v_bufs.index(stp).permute((1, 0)), acc, is_async=True)
+    _pass_turn(turns, WG, PINGPONG)
     acc = warpgroup_mma_wait(0, deps=(acc,))
     mbarrier.arrive(smem.v_empty.index(stp), count=1)
     return acc, m_i, l_i
 
 
 @_gluon_jit
-def _consumer8(smem, p_bufs, out, tile, scales, q_block, shape, WG: gl.constexpr, QK_INT8: gl.constexpr,
-               P_SMEM: gl.constexpr):  # fmt: skip
+def _consumer8(smem, p_bufs, turns, out, tile, scales, q_block, shape, WG: gl.constexpr, QK_INT8: gl.constexpr,
+               P_SMEM: gl.constexpr, PINGPONG: gl.constexpr):  # fmt: skip
     """Consumer warpgroup ``WG`` (0 or 1): query rows ``[WG * M, (WG + 1) * M)`` of the tile, stored to ``out``."""
     q_smem, acc, m_i, l_i, s_zero = _consumer_state(smem, WG, 32, gl.int32 if QK_INT8 else gl.float32)
     ROW_BASE: gl.constexpr = WG * q_smem.shape[0]
@@ -246,10 +275,10 @@ def _consumer8(smem, p_bufs, out, tile, scales, q_block, shape, WG: gl.constexpr
     all_full = _all_full(tile, shape, smem.k_bufs.shape[1])
     if all_full:
         acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE, shape, True, QK_INT8,
-                                  p_bufs.index(WG), P_SMEM)  # fmt: skip
+                                  p_bufs.index(WG), P_SMEM, turns, WG, PINGPONG)  # fmt: skip
     else:
         acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE, shape, False, QK_INT8,
-                                  p_bufs.index(WG), P_SMEM)  # fmt: skip
+                                  p_bufs.index(WG), P_SMEM, turns, WG, PINGPONG)  # fmt: skip
 
     # epilogue: acc * v_scale / l (l sums P_SCALE * P, like acc), masked store of the valid query rows
     orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -302,7 +331,8 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
                     H, L0, L1, L2, K0, K1, K2, S0, S1, S2, T_EXTRA, NQ, NK, NTG,
                     TQ0: gl.constexpr, TQ1: gl.constexpr, TQ2: gl.constexpr,
                     HAS_EXTRA: gl.constexpr, HAS_ELEN: gl.constexpr, NUM_STAGES: gl.constexpr,
-                    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, P_SMEM: gl.constexpr):  # fmt: skip
+                    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, P_SMEM: gl.constexpr,
+                    PINGPONG: gl.constexpr):  # fmt: skip
     """Program (query tile, batch * head): tile math (key tiles aligned), shared memory, barriers, partitions.
     Q and K are int8 when their descriptors' dtype is (V e4m3 always)."""
     D: gl.constexpr = k_desc.block_type.shape[1]
@@ -322,6 +352,9 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
     smem = _shared_ring(dtype, vt_desc.dtype, M, BN, D, NUM_STAGES, True)
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([M, BN], gl.float8e4nv)
     p_bufs = gl.allocate_shared_memory(gl.float8e4nv, [2, M, BN], p_layout)  # one per consumer (P_SMEM)
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # ping-pong (PINGPONG)
+    mbarrier.init(turns.index(0), count=1)
+    mbarrier.init(turns.index(1), count=1)
     shape = _Shape(TQ0=TQ0, TQ1=TQ1, TQ2=TQ2, TK0=TK0, TK1=TK1, TK2=TK2, HAS_EXTRA=HAS_EXTRA)
     tp = _TilePos(ub0=ub[0], ub1=ub[1], ub2=ub[2], nt1=nt1, nt2=nt2, ntg=NTG, c1=tile.c1, c2=tile.c2,
                   n_grid=tile.n_grid)
@@ -330,8 +363,8 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
     pos = _Load8(q_row=bh * NQ + pid * (2 * M), k_row0=bh * NK, vt_row=bh * D, n_tiles=tile.n_tiles)
     gl.warp_specialize(
         [
-            (_consumer8, (smem, p_bufs, out, tile, scales, pid * 2, shape, 0, QK_INT8, P_SMEM)),
-            (_consumer8, (smem, p_bufs, out, tile, scales, pid * 2, shape, 1, QK_INT8, P_SMEM)),
+            (_consumer8, (smem, p_bufs, turns, out, tile, scales, pid * 2, shape, 0, QK_INT8, P_SMEM, PINGPONG)),
+            (_consumer8, (smem, p_bufs, turns, out, tile, scales, pid * 2, shape, 1, QK_INT8, P_SMEM, PINGPONG)),
             (_producer8, (q_desc, k_desc, vt_desc, smem, pos, tp)),
         ],
         [4, 1],
@@ -402,5 +435,6 @@ def gna_forward_fp8(problem, *, warmup_only: bool = False):
     consts = dict(
         TQ0=tq[0], TQ1=tq[1], TQ2=tq[2], HAS_EXTRA=has_extra, HAS_ELEN=has_elen, NUM_STAGES=cfgs.GLUON_FP8_STAGES,
         CONSUMER_REGS=cfgs.GLUON_CONSUMER_REGS, PRODUCER_REGS=cfgs.GLUON_PRODUCER_REGS, P_SMEM=cfgs.FP8_P_SMEM,
+        PINGPONG=cfgs.FP8_PINGPONG,
     )  # fmt: skip
     return launch_ws(_gna_fp8_kernel, launch, args, consts, warmup_only)
