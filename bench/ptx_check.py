@@ -319,6 +319,9 @@ def _variants() -> dict:
                     name = f"gluon-{nd}d-{dt}-d{hd}" + ("-extra" if extra else "") + ("-lengths" if lengths else "")
                     add(name, "gluon", lambda g=grid, k=ks, s=st, d=dt, h=hd, e=extra, ln=lengths: _problem(
                         g, k, s, dtype=d, head_dim=h, extra=e, lengths=ln, layout="packed"))  # fmt: skip
+    # a batch that does not fold into the token axis: one launch per batch element (the same kernel)
+    add("gluon-3d-bfloat16-d128-unfoldable-extra-lengths", "gluon", lambda: _problem(
+        *_SHAPES[3], extra=77, lengths=True, layout="unfoldable"))  # fmt: skip
     # ---- 8-bit Gluon kernel and its layout step (bf16 inputs; trees without gluon_hopper_fp8 skip these) ----
     for nd, (grid, ks, st) in _SHAPES.items():
         for hd in (64, 128):

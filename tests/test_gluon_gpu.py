@@ -209,7 +209,31 @@ def test_unsupported_reasons():
     assert g.unsupported_reason(_problem(q96, q96, q96, (8, 8, 8), 3, 1)) is not None
     qc = q.cpu()
     assert g.unsupported_reason(_problem(qc, qc, qc, (8, 8, 8), 3, 1)) is not None
-    # batch not foldable into the token axis: [B, heads, N, D] storage viewed as [B, N, heads, D]
-    x = torch.zeros(2, 2, 512, 128, device=DEV, dtype=torch.bfloat16).transpose(1, 2)
+    # a data pointer off 16 bytes: no TMA descriptor
+    x = torch.zeros(512 * 128 + 8, device=DEV, dtype=torch.bfloat16)[1 : 1 + 512 * 128].view(1, 512, 1, 128)
     r = g.unsupported_reason(_problem(x, x, x, (8, 8, 8), 3, 1))
-    assert r is not None
+    assert r is not None and "aligned" in r
+
+
+def test_batches_that_do_not_fold_run_one_element_per_launch():
+    """[B, heads, N, D] storage viewed as [B, N, heads, D], and the grid part of a batched joint text + video
+    sequence: the batch does not fold into the token axis, so each batch element gets its own launch; every grid row
+    is written (NaN-poisoned output) and as accurate as SDPA; through the backend the Gluon kernel runs them."""
+    g = _gluon()
+    gen = torch.Generator().manual_seed(7)
+    grid, ks, st = (5, 13, 19), (3, 5, 7), (1, 2, 3)
+    n = make_params(grid, ks, st).num_tokens
+    x = [torch.randn(2, 2, n, 128, generator=gen).to(DEV, torch.bfloat16).transpose(1, 2) for _ in range(3)]
+    p = _problem(*x, grid, ks, st)
+    assert not g._folds(p) and g.unsupported_reason(p) is None
+    _check(p, gen, "heads-major storage")
+    joint = [torch.randn(2, n + 40, 2, 128, generator=gen).to(DEV, torch.bfloat16) for _ in range(3)]
+    q, k, v = (t[:, :n] for t in joint)
+    ek, ev = (t[:, n:] for t in joint[1:])
+    p = _problem(q, k, v, grid, ks, st, ek, ev, torch.tensor([40, 17], device=DEV))
+    assert not g._folds(p) and g.unsupported_reason(p) is None
+    _check(p, gen, "batched joint sequence")
+    from na_accel.ops.dispatch import get_backend
+
+    na_accel.na_flat(q, k, v, grid, ks, st, backend="triton", additional_keys=ek, additional_values=ev)
+    assert get_backend("triton").last_path == "gluon"

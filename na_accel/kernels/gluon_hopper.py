@@ -35,6 +35,7 @@ position (``gluon.aggregate`` is not public in Triton 3.6).
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, NamedTuple
 
@@ -644,14 +645,14 @@ def device_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> st
 
 def unsupported_reason(problem) -> str | None:
     """Why :func:`gna_forward_gluon` cannot run ``problem`` here, or None if it can (grid queries only): the
-    problem's conditions (:func:`problem_reason`) and Q, K and V readable through TMA descriptors with the batch
-    folded into the token axis."""
+    problem's conditions (:func:`problem_reason`) and Q, K and V readable through TMA descriptors, one batch element
+    at a time where the batch does not fold into the token axis (:func:`_folds`)."""
     reason = problem_reason(problem)
     if reason is not None:
         return reason
     p = problem
     for name, t in (("query", p.query), ("key", p.key), ("value", p.value)):
-        reason = tma_reason(name, t, fold=True)
+        reason = tma_reason(name, t, fold=False)
         if reason is not None:
             return reason
     if p.extra_key is not None and p.extra_key.shape[1] > 0:
@@ -692,6 +693,23 @@ def problem_reason(problem) -> str | None:
     return None
 
 
+def _folds(problem) -> bool:
+    """Whether Q, K and V each fold their batch into the token axis, so that one launch covers the batch (a slice of
+    a joint text + video sequence with batch > 1 does not: its batch stride spans the text tokens too)."""
+    p = problem
+    return all(tma_reason("", t, fold=True) is None for t in (p.query, p.key, p.value))
+
+
+def _per_batch(problem, b: int):
+    """Batch element ``b`` of ``problem`` as a problem of batch 1: the tensors the kernel reads and ``out`` as views
+    of element ``b`` (the kernel writes into ``problem.out``)."""
+    one = copy.copy(problem)
+    for name in ("query", "key", "value", "extra_key", "extra_value", "extra_lengths", "out"):
+        t = getattr(problem, name)
+        setattr(one, name, None if t is None else t[b : b + 1])
+    return one
+
+
 def _gl_dtype(dtype: torch.dtype):
     return {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[dtype]
 
@@ -724,8 +742,13 @@ def gna_forward_gluon(problem, *, warmup_only: bool = False):
     """Write the grid queries' outputs of ``problem`` into ``problem.out`` (text queries are not handled).
 
     Call :func:`unsupported_reason` first. ``warmup_only``: compile without launching and return the compiled
-    kernel (how bench/ptx_check.py compiles it for sm_90 without a GPU).
+    kernel (how bench/ptx_check.py compiles it for sm_90 without a GPU). A batch that does not fold into the token
+    axis runs one launch per batch element.
     """
+    if problem.query.shape[0] > 1 and not _folds(problem):
+        for b in range(problem.query.shape[0]):
+            kernel = gna_forward_gluon(_per_batch(problem, b), warmup_only=warmup_only)
+        return kernel
     p = problem
     q, k, v = p.query, p.key, p.value
     batch, _, heads, head_dim = q.shape
