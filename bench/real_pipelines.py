@@ -336,7 +336,7 @@ def run_variant(v: dict, args, model_dir: Path, cfg_path: Path, size: tuple[int,
     rec: dict[str, Any] = {"variant": v["name"], **{k: v[k] for k in ("config", "cache", "compile", "precision",
                                                                       "offload", "vae_tiling")}}  # fmt: skip
     rec["command"] = " ".join(cmd[1:])
-    log(f"variant {v['name']}: {rec['command']}")
+    log(f"variant {v['name']} (time limit {timeout:.0f} s): {rec['command']}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
     t0 = time.perf_counter()
     try:
@@ -478,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int)
     ap.add_argument("--models-dir", type=Path, default=ROOT / ".bench_models")
     ap.add_argument("--gen-dir", type=Path, help="generated files (default: MODELS_DIR/generated)")
-    ap.add_argument("--budget-s", type=float, default=540.0, help="no variant starts after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=540.0,
+                    help="no variant starts after this many seconds from the start (the model build included); each "
+                    "variant may run until this + 60 s (at least 60 s)")  # fmt: skip
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
     ap.add_argument("--compile-backend", default=None, help="default: inductor (eager with --tiny)")
     ap.add_argument("--tiny", action="store_true", help="tiny components on the CPU: tests this script")
