@@ -382,6 +382,7 @@ def build(args) -> int:
     cache = args.cache_dir or tempfile.mkdtemp(prefix="ptx_check_cache_")
     _setup(args.triton, args.tree, cache)
     grid_fn, gluon_fn = _wrappers()
+    fp8_fn = _fp8_wrapper()
     import torch
 
     torch.set_num_threads(1)
@@ -406,7 +407,6 @@ def build(args) -> int:
             if kind == "gluon":
                 gluon_fn(problem, warmup_only=True, **kw)
             elif kind == "gluon-fp8":
-                fp8_fn = _fp8_wrapper()
                 if fp8_fn is None:
                     continue
                 fp8_fn(problem, warmup_only=True, **kw)

@@ -58,7 +58,7 @@ def expected_tiled(q, k, v, ek, ev, lengths, grid3, tile, qk_scale, qk_int8=Fals
         kt = torch.cat([kt, extra(ek, mean)], 1)
         vt = torch.cat([vt, extra(ev, 0.0)], 1)
     k8, k_scale = blocks(kt, kt.shape[1])  # one scale per (batch, head)
-    vs = value_scale(v, ev).view(b * h, 1, d)
+    vs = value_scale(v, ev, lengths).view(b * h, 1, d)
     v8 = (vt / vs).to(f8).transpose(1, 2)
     cols = torch.arange(v8.shape[-1], device=q.device)
     vt8 = torch.empty_like(v8.contiguous())

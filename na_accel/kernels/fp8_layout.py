@@ -173,14 +173,32 @@ def smoothing_mean(key: torch.Tensor) -> torch.Tensor:
     return key[:, ::SMOOTH_STRIDE].to(torch.float32).mean(dim=1)
 
 
-def value_scale(value: torch.Tensor, extra_value: torch.Tensor | None) -> torch.Tensor:
-    """Per-channel V scale ``[B, H, D]``: max |V| over grid and extra values / :data:`FP8_MAX` (1 where zero)."""
-    lo, hi = torch.aminmax(value, dim=1)
-    amax = torch.maximum(hi.abs(), lo.abs()).to(torch.float32)
-    if extra_value is not None and extra_value.shape[1] > 0:
-        elo, ehi = torch.aminmax(extra_value, dim=1)
-        amax = torch.maximum(amax, torch.maximum(ehi.abs(), elo.abs()).to(torch.float32))
-    return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+def _extremes(x: torch.Tensor, extra: torch.Tensor | None, extra_lengths: torch.Tensor | None):
+    """Per (batch, head, channel) smallest and largest value ``[B, H, D]`` (fp32) over the grid tokens of ``x`` and
+    the valid extra tokens (those before a batch's length: the layout step zeroes the others)."""
+    lo, hi = torch.aminmax(x, dim=1)
+    if extra is not None and extra.shape[1] > 0:
+        if extra_lengths is not None:  # tokens past a batch's length: replaced by a grid token, so they change nothing
+            t = torch.arange(extra.shape[1], device=extra.device)
+            valid = t[None, :] < extra_lengths.to(extra.device)[:, None]
+            extra = torch.where(valid[:, :, None, None], extra, x[:, :1])
+        elo, ehi = torch.aminmax(extra, dim=1)
+        lo, hi = torch.minimum(lo, elo), torch.maximum(hi, ehi)
+    return lo.to(torch.float32), hi.to(torch.float32)
+
+
+def _scale_of(amax: torch.Tensor, qmax: float) -> torch.Tensor:
+    """amax / qmax, 1 where amax is 0. Tensor / tensor: CUDA divides by a Python scalar through its reciprocal,
+    which is not correctly rounded."""
+    return torch.where(amax > 0, amax / torch.full_like(amax, qmax), torch.ones_like(amax))
+
+
+def value_scale(value: torch.Tensor, extra_value: torch.Tensor | None,
+                extra_lengths: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Per-channel V scale ``[B, H, D]``: max |V| over the grid values and the valid extra values / :data:`FP8_MAX`
+    (1 where zero)."""
+    lo, hi = _extremes(value, extra_value, extra_lengths)
+    return _scale_of(torch.maximum(hi.abs(), lo.abs()), FP8_MAX)
 
 
 def key_scale(key: torch.Tensor, kmean: torch.Tensor, extra_key: torch.Tensor | None,
@@ -189,17 +207,8 @@ def key_scale(key: torch.Tensor, kmean: torch.Tensor, extra_key: torch.Tensor | 
     keys, divided by ``qk_max`` (127 or 448; 1 where zero). Exactly the layout step's rounding: per channel the
     largest fp32 ``k - k_mean`` comes from the channel's largest key and the smallest from its smallest (rounding is
     monotone and symmetric), so one ``aminmax`` over the keys gives it."""
-    lo, hi = torch.aminmax(key, dim=1)
-    if extra_key is not None and extra_key.shape[1] > 0:
-        ek = extra_key
-        if extra_lengths is not None:  # keys past a batch's length: replaced by a grid key, so they change nothing
-            valid = torch.arange(ek.shape[1], device=ek.device)[None, :] < extra_lengths.to(ek.device)[:, None]
-            ek = torch.where(valid[:, :, None, None], ek, key[:, :1])
-        elo, ehi = torch.aminmax(ek, dim=1)
-        lo, hi = torch.minimum(lo, elo), torch.maximum(hi, ehi)
-    amax = torch.maximum(hi.to(torch.float32) - kmean, kmean - lo.to(torch.float32)).amax(dim=-1)
-    # tensor / tensor: CUDA divides by a Python scalar through its reciprocal, which is not correctly rounded
-    return torch.where(amax > 0, amax / torch.full_like(amax, qk_max), torch.ones_like(amax))
+    lo, hi = _extremes(key, extra_key, extra_lengths)
+    return _scale_of(torch.maximum(hi - kmean, kmean - lo).amax(dim=-1), qk_max)
 
 
 def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, int], qk_scale: float,
@@ -227,11 +236,14 @@ def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, i
     vt8 = torch.empty((bh * head_dim, n_k), dtype=f8, device=dev)
     q_scale = torch.empty((bh, n_q // (bt // 2)), dtype=torch.float32, device=dev)
     kmean = smoothing_mean(k).contiguous()
-    k_scale = key_scale(k, kmean, p.extra_key if has_extra else None, p.extra_lengths if has_elen else None,
-                        127.0 if qk_int8 else FP8_MAX).contiguous()  # fmt: skip
-    v_scale = value_scale(v, p.extra_value if has_extra else None).contiguous()
-    ek, ev = (p.extra_key, p.extra_value) if has_extra else (k, v)
-    elen = p.extra_lengths if has_elen else q
+    ek, ev = (p.extra_key, p.extra_value) if has_extra else (None, None)
+    elen = p.extra_lengths if has_elen else None
+    k_scale = key_scale(k, kmean, ek, elen, 127.0 if qk_int8 else FP8_MAX).contiguous()
+    v_scale = value_scale(v, ev, elen).contiguous()
+    if not has_extra:  # dummy pointers, never read
+        ek, ev = k, v
+    if elen is None:
+        elen = q
     sq, sk, sv = (t.stride()[:3] for t in (q, k, v))
     sek, sev = (t.stride()[:3] for t in (ek, ev))
     _fp8_layout_kernel[(n_grid_tiles + n_extra_tiles, bh)](

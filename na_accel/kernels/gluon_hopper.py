@@ -651,15 +651,13 @@ def unsupported_reason(problem) -> str | None:
     if reason is not None:
         return reason
     p = problem
-    for name, t in (("query", p.query), ("key", p.key), ("value", p.value)):
+    named = [("query", p.query), ("key", p.key), ("value", p.value)]
+    if p.extra_key is not None and p.extra_key.shape[1] > 0:
+        named += [("extra_key", p.extra_key), ("extra_value", p.extra_value)]
+    for name, t in named:
         reason = tma_reason(name, t, fold=False)
         if reason is not None:
             return reason
-    if p.extra_key is not None and p.extra_key.shape[1] > 0:
-        for name, t in (("extra_key", p.extra_key), ("extra_value", p.extra_value)):
-            reason = tma_reason(name, t, fold=False)
-            if reason is not None:
-                return reason
     return None
 
 

@@ -45,6 +45,7 @@ from .gluon_hopper import (
     _Shape,
     _shared_ring,
     _store_rows,
+    _tile_coords,
     _tile_is_full,
     _tile_mask,
     launch_ws,
@@ -74,8 +75,9 @@ if _IMPORT_ERROR is None:
 
 
 class _TilePos(NamedTuple):
-    """Where key tile j of the CTA lies in the tiled layout: grid tile ``((ub0 + j0) * nt1 + ub1 + j1) * nt2 + ub2
-    + j2`` for union tiles, ``ntg + j - n_grid`` for extra tiles."""
+    """Where the CTA's key tiles lie in the tiled layout: union tile ``(j0, j1, j2)``
+    (:func:`.gluon_hopper._tile_coords`) is grid tile ``((ub0 + j0) * nt1 + ub1 + j1) * nt2 + ub2 + j2``; extra tile
+    ``j`` is ``ntg + j - n_grid``."""
 
     ub0: Any  # aligned union start in tiles, per axis
     ub1: Any
@@ -83,9 +85,6 @@ class _TilePos(NamedTuple):
     nt1: Any  # grid tiles on axes 1 and 2
     nt2: Any
     ntg: Any  # grid tiles in all (the first extra tile)
-    c1: Any  # union length in key tiles on axes 1 and 2
-    c2: Any
-    n_grid: Any  # union key tiles
 
 
 class _Scales(NamedTuple):
@@ -106,15 +105,13 @@ class _Load8(NamedTuple):
 
 
 @_gluon_jit
-def _tile_index(j, tp):
+def _tile_index(j, tile, tp):
     """Index of the CTA's key tile ``j`` in the tiled K / V layout (see :class:`_TilePos`)."""
-    if j < tp.n_grid:
-        j2 = j % tp.c2
-        j1 = (j // tp.c2) % tp.c1
-        j0 = j // (tp.c1 * tp.c2)
+    if j < tile.n_grid:
+        j0, j1, j2 = _tile_coords(j, tile)
         idx = ((tp.ub0 + j0) * tp.nt1 + tp.ub1 + j1) * tp.nt2 + tp.ub2 + j2
     else:
-        idx = tp.ntg + j - tp.n_grid
+        idx = tp.ntg + j - tile.n_grid
     return idx
 
 
@@ -294,7 +291,7 @@ def _consumer8(smem, p_bufs, turns, out, tile, scales, q_block, shape, WG: gl.co
 
 
 @_gluon_jit
-def _producer8(q_desc, k_desc, vt_desc, smem, pos, tp):
+def _producer8(q_desc, k_desc, vt_desc, smem, pos, tile, tp):
     """The 1-warp TMA producer: both Q halves (one box each), then K and transposed V of every key tile into the
     ring, each stage as soon as both consumers have released it."""
     k_bufs = smem.k_bufs
@@ -310,7 +307,7 @@ def _producer8(q_desc, k_desc, vt_desc, smem, pos, tp):
     for j in range(pos.n_tiles):
         st = j % NUM_STAGES
         ph = (j // NUM_STAGES) & 1
-        idx = _tile_index(j, tp)
+        idx = _tile_index(j, tile, tp)
         kb = smem.k_ready.index(st)
         vb = smem.v_ready.index(st)
         mbarrier.wait(smem.k_empty.index(st), ph ^ 1)  # the first pass over the ring does not wait
@@ -356,8 +353,7 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
     mbarrier.init(turns.index(0), count=1)
     mbarrier.init(turns.index(1), count=1)
     shape = _Shape(TQ0=TQ0, TQ1=TQ1, TQ2=TQ2, TK0=TK0, TK1=TK1, TK2=TK2, HAS_EXTRA=HAS_EXTRA)
-    tp = _TilePos(ub0=ub[0], ub1=ub[1], ub2=ub[2], nt1=nt1, nt2=nt2, ntg=NTG, c1=tile.c1, c2=tile.c2,
-                  n_grid=tile.n_grid)
+    tp = _TilePos(ub0=ub[0], ub1=ub[1], ub2=ub[2], nt1=nt1, nt2=nt2, ntg=NTG)
     bh64 = bh.to(gl.int64)
     scales = _Scales(q=qs_ptr + bh64 * (NQ // M), k=ks_ptr + bh64, v=vs_ptr + bh64 * D)
     pos = _Load8(q_row=bh * NQ + pid * (2 * M), k_row0=bh * NK, vt_row=bh * D, n_tiles=tile.n_tiles)
@@ -365,7 +361,7 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
         [
             (_consumer8, (smem, p_bufs, turns, out, tile, scales, pid * 2, shape, 0, QK_INT8, P_SMEM, PINGPONG)),
             (_consumer8, (smem, p_bufs, turns, out, tile, scales, pid * 2, shape, 1, QK_INT8, P_SMEM, PINGPONG)),
-            (_producer8, (q_desc, k_desc, vt_desc, smem, pos, tp)),
+            (_producer8, (q_desc, k_desc, vt_desc, smem, pos, tile, tp)),
         ],
         [4, 1],
         [CONSUMER_REGS, PRODUCER_REGS],
