@@ -257,6 +257,23 @@ def _fp8(name, params, x, n_text, out_bf16, ours, args) -> dict:
     tile = configs.GLUON[params.ndim].tq
     grid3 = configs.tiles(params.grid)
     rec["fp8_layout_ms"] = _bench(lambda: fp8_layout.quantize_tiled(p, tile, grid3, 1.0), args.quick)
+    kmean = fp8_layout.smoothing_mean(k)
+    rec["fp8_layout_parts_ms"] = {  # the passes before the layout kernel; the kernel takes the rest
+        "k_mean": _bench(lambda: fp8_layout.smoothing_mean(k), args.quick),
+        "k_scale": _bench(lambda: fp8_layout.key_scale(k, kmean, ek, None, 127.0), args.quick),
+        "v_scale": _bench(lambda: fp8_layout.value_scale(v, ev), args.quick),
+    }
+    if args.fp8_layout_warps:  # the layout step alone at each warp count (configs.FP8_LAYOUT_WARPS)
+        saved_warps = configs.FP8_LAYOUT_WARPS
+        rec["fp8_layout_ms_by_warps"] = {}
+        try:
+            for w in args.fp8_layout_warps:
+                configs.FP8_LAYOUT_WARPS = w
+                ms = _bench(lambda: fp8_layout.quantize_tiled(p, tile, grid3, 1.0), args.quick)
+                rec["fp8_layout_ms_by_warps"][w] = ms
+                print(f"[{name}] fp8 layout step at {w} warps: {ms:.3f} ms", flush=True)
+        finally:
+            configs.FP8_LAYOUT_WARPS = saved_warps
     if args.fp8_variants:  # the 8-bit kernel's build switches (configs.FP8_*), side by side in this run
         rec["fp8_variants"] = []
         saved = (configs.FP8_QK_INT8, configs.FP8_P_SMEM, configs.FP8_PINGPONG)
@@ -270,7 +287,8 @@ def _fp8(name, params, x, n_text, out_bf16, ours, args) -> dict:
                 print(f"[{name}] fp8 variant {v}", flush=True)
         finally:
             configs.FP8_QK_INT8, configs.FP8_P_SMEM, configs.FP8_PINGPONG = saved
-    print(f"[{name}] fp8 {rec['fp8_ms']:.3f} ms (layout step {rec['fp8_layout_ms']:.3f} ms), path {rec['fp8_path']},"
+    print(f"[{name}] fp8 {rec['fp8_ms']:.3f} ms (layout step {rec['fp8_layout_ms']:.3f} ms of which "
+          f"{ {a: round(b, 3) for a, b in rec['fp8_layout_parts_ms'].items()} }), path {rec['fp8_path']},"
           f" first call {rec['fp8_first_call_s']} s, vs bf16 {rec['fp8_vs_bf16']}", flush=True)  # fmt: skip
     if params.is_dense and not n_text:
         try:
@@ -410,6 +428,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fp8-variants", action="store_true",
                     help="with --fp8: also time each build of the 8-bit kernel (int8 / e4m3 Q-K, P via shared memory"
                     " / registers)")
+    ap.add_argument("--fp8-layout-warps", type=lambda x: [int(w) for w in x.split(",")], default=[],
+                    metavar="W1,W2", help="with --fp8: also time the layout step alone at each of these warp counts")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     args = ap.parse_args(argv)

@@ -159,7 +159,12 @@ FP8_QK_INT8 = True
 #: gluon_hopper_fp8._p_operand. Measured on H200: shared memory 10-30% faster (no byte packing).
 FP8_P_SMEM = True
 #: The two consumer warpgroups of the 8-bit kernel issue their wgmmas in turns (ping-pong, FlashAttention-3), so that
-#: one's exp2 runs while the other's products do (gluon_hopper_fp8._my_turn). The profile of the kernel without it:
-#: both consumers in the same phase at once, the exp2 (MUFU) as long as the 8-bit products and not hidden
-#: (bench/NOTES.md, "8-bit kernel"). Off until measured on a GPU: compiled for sm_90 on the CPU only.
+#: one's exp2 runs while the other's products do (gluon_hopper_fp8._my_turn). Measured on H200 (bench/NOTES.md,
+#: "ping-pong measured"): no faster (dense 203.2 against 202.5 ms; the same bits); the loop waits on its four
+#: warpgroup barriers per key tile, which ping-pong does not remove. Off; kept to measure again once they are gone.
 FP8_PINGPONG = False
+#: Warps per program of the 8-bit layout step (:func:`.fp8_layout.quantize_tiled`, one 128-token tile of Q, K and V per
+#: program). ptxas (sm_90): 207 registers per thread at 8 warps, 122 at 16, 64 at 32 (with 112 bytes of stack), so
+#: one program per SM either way; ncu at 8 warps (H200): 1.78 ms for hunyuan's 115,200 tokens x 24 heads, DRAM 37%
+#: busy, 2 warps per scheduler, stalls on fixed-latency dependencies (bench/NOTES.md). 16 and 32: not yet measured.
+FP8_LAYOUT_WARPS = 8

@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import configs as cfgs
+
 #: The largest finite float8 e4m3 (fn) value: blocks are scaled so that their largest magnitude maps to it
 FP8_MAX = 448.0
 #: Every SMOOTH_STRIDE-th grid key enters the K mean that is subtracted from all keys (any vector keeps softmax
@@ -60,11 +62,35 @@ def _quantize(x, scale, INT8: tl.constexpr):
 
 
 @triton.jit
-def _pv_column(r):
-    """Column of key ``r`` of a tile in the stored V^T tile: within each 32-key block, key bits ``(b4 b3 b2 b1 b0)``
-    go to ``(b4 b2 b1 b3 b0)``, the order in which the kernel hands P to the PV wgmma without moving it between
-    threads (:func:`.gluon_hopper_fp8._p_operand`)."""
-    return (r & ~31) | (r & 16) | ((r & 6) << 1) | ((r & 8) >> 2) | (r & 1)
+def _pv_key(c):
+    """The key stored at column ``c`` of a V^T tile (the inverse of :func:`pv_column`)."""
+    return (c & ~31) | (c & 16) | ((c & 12) >> 1) | ((c & 2) << 2) | (c & 1)
+
+
+@triton.jit
+def _tile_rows(t, r, b, NTG, NT1, NT2, L0, L1, L2, T_EXTRA, elen_ptr,
+               T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, HAS_ELEN: tl.constexpr):  # fmt: skip
+    """Rows ``r`` of tile ``t``: the token index (int64; in the grid for t < NTG, else among the extra tokens) and
+    whether it exists (inside the grid, or before the batch's extra length)."""
+    BT: tl.constexpr = T0 * T1 * T2
+    if t < NTG:
+        t2 = t % NT2
+        t1 = (t // NT2) % NT1
+        t0 = t // (NT1 * NT2)
+        x0 = t0 * T0 + r // (T1 * T2)
+        x1 = t1 * T1 + (r // T2) % T1
+        x2 = t2 * T2 + r % T2
+        valid = (x0 < L0) & (x1 < L1) & (x2 < L2)
+        tok = ((x0 * L1 + x1) * L2 + x2).to(tl.int64)
+    else:
+        tok = (t - NTG) * BT + r
+        if HAS_ELEN:
+            n_valid = tl.minimum(tl.load(elen_ptr + b).to(tl.int32), T_EXTRA)
+        else:
+            n_valid = T_EXTRA
+        valid = tok < n_valid
+        tok = tok.to(tl.int64)
+    return tok, valid
 
 
 @triton.jit
@@ -76,7 +102,12 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
                        HAS_EXTRA: tl.constexpr, HAS_ELEN: tl.constexpr, FP8_MAX: tl.constexpr,
                        QK_INT8: tl.constexpr):  # fmt: skip
     """Program (tile t, batch * head): quantize one 128-token tile of Q, K and V (grid tiles t < NTG) or of the
-    extra K and V (t >= NTG) into the tiled 8-bit layout."""
+    extra K and V (t >= NTG) into the tiled 8-bit layout.
+
+    Memory access: every load reads whole rows of D channels (the masks are per row, so the loads are 16-byte
+    vectors), and V is gathered in its stored column order (row ``c`` of the V tile is key ``_pv_key(c)``) so that
+    the transposed store writes each channel's 128 keys contiguously (Triton moves the tile through shared memory
+    between the two) instead of one byte per key."""
     BT: tl.constexpr = T0 * T1 * T2
     QK_MAX: tl.constexpr = 127.0 if QK_INT8 else FP8_MAX  # the largest int8 / e4m3 magnitude of Q and K
     HALF: tl.constexpr = BT // 2
@@ -84,23 +115,17 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
+    b64 = b.to(tl.int64)
     r = tl.arange(0, BT)
     d = tl.arange(0, D)
     kmean = tl.load(kmean_ptr + bh * D + d)
     vscale = tl.load(vscale_ptr + bh * D + d)
+    tok, valid = _tile_rows(t, r, b, NTG, NT1, NT2, L0, L1, L2, T_EXTRA, elen_ptr, T0, T1, T2, HAS_ELEN)
+    vtok, vvalid = _tile_rows(t, _pv_key(r), b, NTG, NT1, NT2, L0, L1, L2, T_EXTRA, elen_ptr, T0, T1, T2, HAS_ELEN)
     if t < NTG:
-        t2 = t % NT2
-        t1 = (t // NT2) % NT1
-        t0 = t // (NT1 * NT2)
-        x0 = t0 * T0 + r // (T1 * T2)
-        x1 = t1 * T1 + (r // T2) % T1
-        x2 = t2 * T2 + r % T2
-        valid = (x0 < L0) & (x1 < L1) & (x2 < L2)
-        tok = ((x0 * L1 + x1) * L2 + x2).to(tl.int64)
-        gl_mask = valid[:, None] & (d[None, :] >= 0)
-        q = tl.load(q_ptr + b.to(tl.int64) * sqb + h * sqh + tok[:, None] * sqn + d[None, :], mask=gl_mask, other=0.0)
-        k = tl.load(k_ptr + b.to(tl.int64) * skb + h * skh + tok[:, None] * skn + d[None, :], mask=gl_mask, other=0.0)
-        v = tl.load(v_ptr + b.to(tl.int64) * svb + h * svh + tok[:, None] * svn + d[None, :], mask=gl_mask, other=0.0)
+        k = tl.load(k_ptr + b64 * skb + h * skh + tok[:, None] * skn + d[None, :], mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr + b64 * svb + h * svh + vtok[:, None] * svn + d[None, :], mask=vvalid[:, None], other=0.0)
+        q = tl.load(q_ptr + b64 * sqb + h * sqh + tok[:, None] * sqn + d[None, :], mask=valid[:, None], other=0.0)
         # Q: two 64-row halves, one scale each
         q = q.to(tl.float32) * qk_scale
         row_amax = tl.max(tl.abs(q), axis=1)
@@ -115,31 +140,25 @@ def _fp8_layout_kernel(q_ptr, k_ptr, v_ptr, ek_ptr, ev_ptr, elen_ptr, kmean_ptr,
         tl.store(qs_ptr + bh * (NQ // HALF) + 2 * t, s_lo)
         tl.store(qs_ptr + bh * (NQ // HALF) + 2 * t + 1, s_hi)
     else:
-        e = (t - NTG) * BT + r
-        if HAS_ELEN:
-            n_valid = tl.minimum(tl.load(elen_ptr + b).to(tl.int32), T_EXTRA)
-        else:
-            n_valid = T_EXTRA
-        valid = e < n_valid
-        gl_mask = valid[:, None] & (d[None, :] >= 0)
-        e64 = e.to(tl.int64)
-        k = tl.load(ek_ptr + b.to(tl.int64) * sekb + h * sekh + e64[:, None] * sekn + d[None, :], mask=gl_mask,
+        k = tl.load(ek_ptr + b64 * sekb + h * sekh + tok[:, None] * sekn + d[None, :], mask=valid[:, None],
                     other=0.0)  # fmt: skip
-        v = tl.load(ev_ptr + b.to(tl.int64) * sevb + h * sevh + e64[:, None] * sevn + d[None, :], mask=gl_mask,
+        v = tl.load(ev_ptr + b64 * sevb + h * sevh + vtok[:, None] * sevn + d[None, :], mask=vvalid[:, None],
                     other=0.0)  # fmt: skip
     # K: smoothed, the (batch, head)'s scale (key_scale)
-    k = tl.where(gl_mask, k.to(tl.float32) - kmean[None, :], 0.0)
+    k = tl.where(valid[:, None], k.to(tl.float32) - kmean[None, :], 0.0)
     k8 = _quantize(k, tl.load(ks_ptr + bh), QK_INT8)
     k_rows = (bh.to(tl.int64) * NK + t * BT + r) * D
     tl.store(k8_ptr + k_rows[:, None] + d[None, :], k8)
-    # V: per-channel scale, stored transposed [D, NK]
+    # V: per-channel scale, stored transposed [D, NK]: row c of the tile goes to column c
     v8 = tl.math.div_rn(v.to(tl.float32), vscale[None, :]).to(tl.float8e4nv)
     vt_cols = (bh.to(tl.int64) * D + d) * NK + t * BT
-    tl.store(vt8_ptr + vt_cols[None, :] + _pv_column(r)[:, None], v8)
+    tl.store(vt8_ptr + vt_cols[None, :] + r[:, None], v8)
 
 
 def pv_column(r: torch.Tensor) -> torch.Tensor:
-    """Host copy of :func:`_pv_column`: where key ``r`` of a tile sits in the stored V^T tile."""
+    """Column of key ``r`` of a tile in the stored V^T tile: within each 32-key block, key bits ``(b4 b3 b2 b1 b0)``
+    go to ``(b4 b2 b1 b3 b0)``, the order in which the kernel hands P to the PV wgmma without moving it between
+    threads (:func:`.gluon_hopper_fp8._p_operand`)."""
     return (r & ~31) | (r & 16) | ((r & 6) << 1) | ((r & 8) >> 2) | (r & 1)
 
 
@@ -251,7 +270,7 @@ def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, i
         *sq, *sk, *sv, *sek, *sev,
         heads, *grid3, tiles[1], tiles[2], n_grid_tiles, t_extra, n_q, n_k, float(qk_scale),
         T0=tile[0], T1=tile[1], T2=tile[2], D=head_dim, HAS_EXTRA=has_extra, HAS_ELEN=has_elen, FP8_MAX=FP8_MAX,
-        QK_INT8=qk_int8, num_warps=8,
+        QK_INT8=qk_int8, num_warps=cfgs.FP8_LAYOUT_WARPS,
     )  # fmt: skip
     return TiledFP8(q8, k8, vt8, q_scale, k_scale.view(bh), v_scale.view(bh, head_dim), n_q, n_k, tiles,
                     n_grid_tiles)
