@@ -17,6 +17,7 @@ All in one process, ``triton.testing.do_bench`` medians. One JSON record per cas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import functools
 import gc
@@ -50,9 +51,30 @@ CASES = {
     "dense-equal": ((30, 48, 80), (-1, -1, -1), (1, 1, 1), 24, 0),
 }
 HEAD_DIM = 128
-#: --fp8-variants: builds of the 8-bit kernel timed side by side, (configs.FP8_QK_INT8, FP8_P_SMEM, FP8_PINGPONG)
-FP8_BUILDS = [(True, True, False), (True, True, True), (False, True, False), (False, True, True), (True, False, False)]
+#: --fp8-variants: builds of the 8-bit kernel timed side by side, each the configs values it changes ({}: as
+#: configured). Measured before and dropped here: P in registers (10-30% slower), ping-pong alone (no faster).
+FP8_BUILDS = [
+    {},
+    {"FP8_QK_INT8": False},
+    {"GLUON_FP8_STAGES": 3},
+    {"FP8_JOINT_RELEASE": True, "GLUON_FP8_STAGES": 3},
+    {"FP8_JOINT_RELEASE": True, "GLUON_FP8_STAGES": 4},
+    {"FP8_JOINT_RELEASE": True, "GLUON_FP8_STAGES": 4, "FP8_PINGPONG": True},
+]
 DTYPE = torch.bfloat16
+
+
+@contextlib.contextmanager
+def _configured(**values):
+    """``configs.NAME = value`` for each keyword inside the block, the old values back after it."""
+    saved = {name: getattr(configs, name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(configs, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(configs, name, value)
 
 
 def _bench(fn, quick: bool) -> float:
@@ -264,29 +286,20 @@ def _fp8(name, params, x, n_text, out_bf16, ours, args) -> dict:
         "v_scale": _bench(lambda: fp8_layout.value_scale(v, ev), args.quick),
     }
     if args.fp8_layout_warps:  # the layout step alone at each warp count (configs.FP8_LAYOUT_WARPS)
-        saved_warps = configs.FP8_LAYOUT_WARPS
         rec["fp8_layout_ms_by_warps"] = {}
-        try:
-            for w in args.fp8_layout_warps:
-                configs.FP8_LAYOUT_WARPS = w
+        for w in args.fp8_layout_warps:
+            with _configured(FP8_LAYOUT_WARPS=w):
                 ms = _bench(lambda: fp8_layout.quantize_tiled(p, tile, grid3, 1.0), args.quick)
-                rec["fp8_layout_ms_by_warps"][w] = ms
-                print(f"[{name}] fp8 layout step at {w} warps: {ms:.3f} ms", flush=True)
-        finally:
-            configs.FP8_LAYOUT_WARPS = saved_warps
+            rec["fp8_layout_ms_by_warps"][w] = ms
+            print(f"[{name}] fp8 layout step at {w} warps: {ms:.3f} ms", flush=True)
     if args.fp8_variants:  # the 8-bit kernel's build switches (configs.FP8_*), side by side in this run
         rec["fp8_variants"] = []
-        saved = (configs.FP8_QK_INT8, configs.FP8_P_SMEM, configs.FP8_PINGPONG)
-        try:
-            for qk_int8, p_smem, pingpong in FP8_BUILDS:
-                configs.FP8_QK_INT8, configs.FP8_P_SMEM, configs.FP8_PINGPONG = qk_int8, p_smem, pingpong
+        for build in FP8_BUILDS:
+            with _configured(**build):
                 o = ours8()
-                v = {"qk": "int8" if qk_int8 else "e4m3", "p": "smem" if p_smem else "registers",
-                     "pingpong": pingpong, "ms": _bench(ours8, args.quick), **_accuracy(o, out_bf16)}  # fmt: skip
-                rec["fp8_variants"].append(v)
-                print(f"[{name}] fp8 variant {v}", flush=True)
-        finally:
-            configs.FP8_QK_INT8, configs.FP8_P_SMEM, configs.FP8_PINGPONG = saved
+                v = {"build": build, "ms": _bench(ours8, args.quick), **_accuracy(o, out_bf16)}
+            rec["fp8_variants"].append(v)
+            print(f"[{name}] fp8 variant {v}", flush=True)
     print(f"[{name}] fp8 {rec['fp8_ms']:.3f} ms (layout step {rec['fp8_layout_ms']:.3f} ms of which "
           f"{ {a: round(b, 3) for a, b in rec['fp8_layout_parts_ms'].items()} }), path {rec['fp8_path']},"
           f" first call {rec['fp8_first_call_s']} s, vs bf16 {rec['fp8_vs_bf16']}", flush=True)  # fmt: skip

@@ -170,9 +170,10 @@ def test_fp8_meets_the_issue_gates_on_random_inputs():
     ((13, 21, 19), (5, 9, 7), 1, 77, [77, 30]),  # NA, ragged tiles, text keys with lengths: the masked loop
     ((2, 8, 8), (2, 8, 8), 1, 0, None),  # one key tile: the shortest schedule
 ])  # fmt: skip
-def test_fp8_pingpong_gives_the_same_bits(monkeypatch, grid, ks, st, extra, lengths):
-    """The consumers' ping-pong (configs.FP8_PINGPONG) changes when each wgmma is issued, not what it computes: the
-    outputs are bit-identical with and without it (and the kernel finishes: a wrong turn count would hang)."""
+def test_fp8_schedules_give_the_same_bits(monkeypatch, grid, ks, st, extra, lengths):
+    """The consumers' schedules (configs.FP8_PINGPONG: wgmmas issued in turns; FP8_JOINT_RELEASE: K and V stages
+    freed together; GLUON_FP8_STAGES: ring depth) change when things happen, not what is computed: the outputs are
+    bit-identical to the default build's (and the kernel finishes: a wrong turn or arrive count would hang)."""
     from na_accel.kernels.gluon_hopper_fp8 import gna_forward_fp8
 
     torch.manual_seed(3)
@@ -182,15 +183,24 @@ def test_fp8_pingpong_gives_the_same_bits(monkeypatch, grid, ks, st, extra, leng
     if extra:
         ek, ev = (torch.randn(2, extra, 2, 128, device=DEV, dtype=torch.bfloat16) for _ in range(2))
         el = torch.tensor(lengths, device=DEV, dtype=torch.int32)
+    builds = [
+        {},
+        {"FP8_PINGPONG": True},
+        {"FP8_JOINT_RELEASE": True, "GLUON_FP8_STAGES": 3},
+        {"FP8_JOINT_RELEASE": True, "GLUON_FP8_STAGES": 4, "FP8_PINGPONG": True},
+    ]
     outs = []
-    for pingpong in (False, True):
-        monkeypatch.setattr(configs, "FP8_PINGPONG", pingpong)
-        p = _problem(q, k, v, grid, ks, st, ek, ev, el)
-        gna_forward_fp8(p)
-        torch.cuda.synchronize()
+    for build in builds:
+        with monkeypatch.context() as m:
+            for name, value in build.items():
+                m.setattr(configs, name, value)
+            p = _problem(q, k, v, grid, ks, st, ek, ev, el)
+            gna_forward_fp8(p)
+            torch.cuda.synchronize()
         outs.append(p.out)
     assert torch.isfinite(outs[0]).all()
-    assert torch.equal(outs[0], outs[1])
+    for build, out in zip(builds[1:], outs[1:]):
+        assert torch.equal(outs[0], out), build
 
 
 def test_fp8_writes_every_grid_row_of_ragged_tiles():

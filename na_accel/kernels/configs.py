@@ -163,6 +163,12 @@ FP8_P_SMEM = True
 #: "ping-pong measured"): no faster (dense 203.2 against 202.5 ms; the same bits); the loop waits on its four
 #: warpgroup barriers per key tile, which ping-pong does not remove. Off; kept to measure again once they are gone.
 FP8_PINGPONG = False
+#: The 8-bit kernel's consumers free a K/V stage once per key tile, K and V of the previous tile together right
+#: before P's store (gluon_hopper_fp8._kv_loop8), instead of K as soon as its QK^T is done and V after its PV: two of
+#: the loop's four warpgroup syncs per tile (Gluon syncs the warpgroup before each arrive) then sit next to a third.
+#: K is held one tile longer, so the ring needs one more stage for the same prefetch distance (GLUON_FP8_STAGES).
+#: Off until measured on a GPU: the SASS (compiled here) and the CPU checks only.
+FP8_JOINT_RELEASE = False
 #: Warps per program of the 8-bit layout step (:func:`.fp8_layout.quantize_tiled`, one 128-token tile of Q, K and V per
 #: program). ptxas (sm_90): 207 registers per thread at 8 warps, 122 at 16, 64 at 32 (with 112 bytes of stack), so
 #: one program per SM either way; ncu at 8 warps (H200): 1.78 ms for hunyuan's 115,200 tokens x 24 heads, DRAM 37%

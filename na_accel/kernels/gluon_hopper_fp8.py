@@ -207,12 +207,18 @@ def _pass_turn(turns, WG: gl.constexpr, PINGPONG: gl.constexpr):
 @_gluon_jit
 def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE: gl.constexpr, shape, ALL_FULL: gl.constexpr,
               QK_INT8: gl.constexpr, p_smem, P_SMEM: gl.constexpr, turns, WG: gl.constexpr,
-              PINGPONG: gl.constexpr):  # fmt: skip
+              PINGPONG: gl.constexpr, JOINT_RELEASE: gl.constexpr):  # fmt: skip
     """The key tiles of the query tile on 8-bit operands: online softmax into ``acc``, ``m_i``, ``l_i`` (the
     16-bit kernel's pipeline, :func:`.gluon_hopper._kv_loop`); ``c = q_scale * k_scale`` turns scores into the log2
     domain. With ``PINGPONG`` the two consumers issue their wgmmas in turns (:func:`_my_turn`), so that one's
     softmax (exp2 on the MUFU pipe) runs while the other's products use the tensor cores (FlashAttention-3's
-    schedule); each issues ``n_tiles + 1`` groups."""
+    schedule); each issues ``n_tiles + 1`` groups.
+
+    Releasing a stage: Gluon's ``mbarrier.arrive`` syncs the consumer's four warps before thread 0 arrives. By
+    default K of tile j is released as soon as its QK^T is done and V of tile j - 1 after its PV (two warpgroup
+    syncs per tile). With ``JOINT_RELEASE`` both are released together, after the rescale and right before P's
+    store (whose own sync then follows at once): one sync point instead of three before the P hand-off, at the
+    cost of holding K one tile longer (configs.FP8_JOINT_RELEASE wants more stages)."""
     k_bufs = smem.k_bufs
     v_bufs = smem.v_bufs
     NUM_STAGES: gl.constexpr = k_bufs.shape[0]
@@ -228,7 +234,8 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE: gl.constex
     s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     _pass_turn(turns, WG, PINGPONG)
     s = warpgroup_mma_wait(0, deps=(s,))
-    mbarrier.arrive(smem.k_empty.index(0), count=1)
+    if not JOINT_RELEASE:
+        mbarrier.arrive(smem.k_empty.index(0), count=1)
     p, alpha, m_i, l_i = _tile_softmax8(_scores(s, QK_INT8), 0, m_i, l_i, c, off, ROW_BASE, tile, shape, ALL_FULL)
     p_op = _p_operand(p, p_layout, p_smem, P_SMEM)
     for j in range(1, n_tiles):
@@ -241,12 +248,17 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE: gl.constex
         acc = warpgroup_mma(p_op, v_bufs.index(stp).permute((1, 0)), acc, is_async=True)
         _pass_turn(turns, WG, PINGPONG)
         s = warpgroup_mma_wait(1, deps=(s,))  # QK^T done, PV may still run
-        mbarrier.arrive(smem.k_empty.index(st), count=1)
+        if not JOINT_RELEASE:
+            mbarrier.arrive(smem.k_empty.index(st), count=1)
         p, alpha, m_i, l_i = _tile_softmax8(_scores(s, QK_INT8), j, m_i, l_i, c, off, ROW_BASE, tile, shape,
                                             ALL_FULL)  # fmt: skip
         acc = warpgroup_mma_wait(0, deps=(acc,))
-        mbarrier.arrive(smem.v_empty.index(stp), count=1)
+        if not JOINT_RELEASE:
+            mbarrier.arrive(smem.v_empty.index(stp), count=1)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_layout), 1)
+        if JOINT_RELEASE:  # K and V of tile j - 1
+            mbarrier.arrive(smem.k_empty.index(stp), count=1)
+            mbarrier.arrive(smem.v_empty.index(stp), count=1)
         p_op = _p_operand(p, p_layout, p_smem, P_SMEM)
     last = n_tiles - 1
     stp = last % NUM_STAGES
@@ -255,13 +267,15 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE: gl.constex
     acc = warpgroup_mma(p_op, v_bufs.index(stp).permute((1, 0)), acc, is_async=True)
     _pass_turn(turns, WG, PINGPONG)
     acc = warpgroup_mma_wait(0, deps=(acc,))
+    if JOINT_RELEASE:
+        mbarrier.arrive(smem.k_empty.index(stp), count=1)
     mbarrier.arrive(smem.v_empty.index(stp), count=1)
     return acc, m_i, l_i
 
 
 @_gluon_jit
 def _consumer8(smem, p_bufs, turns, out, tile, scales, q_block, shape, WG: gl.constexpr, QK_INT8: gl.constexpr,
-               P_SMEM: gl.constexpr, PINGPONG: gl.constexpr):  # fmt: skip
+               P_SMEM: gl.constexpr, PINGPONG: gl.constexpr, JOINT_RELEASE: gl.constexpr):  # fmt: skip
     """Consumer warpgroup ``WG`` (0 or 1): query rows ``[WG * M, (WG + 1) * M)`` of the tile, stored to ``out``."""
     q_smem, acc, m_i, l_i, s_zero = _consumer_state(smem, WG, 32, gl.int32 if QK_INT8 else gl.float32)
     ROW_BASE: gl.constexpr = WG * q_smem.shape[0]
@@ -272,10 +286,10 @@ def _consumer8(smem, p_bufs, turns, out, tile, scales, q_block, shape, WG: gl.co
     all_full = _all_full(tile, shape, smem.k_bufs.shape[1])
     if all_full:
         acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE, shape, True, QK_INT8,
-                                  p_bufs.index(WG), P_SMEM, turns, WG, PINGPONG)  # fmt: skip
+                                  p_bufs.index(WG), P_SMEM, turns, WG, PINGPONG, JOINT_RELEASE)  # fmt: skip
     else:
         acc, m_i, l_i = _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE, shape, False, QK_INT8,
-                                  p_bufs.index(WG), P_SMEM, turns, WG, PINGPONG)  # fmt: skip
+                                  p_bufs.index(WG), P_SMEM, turns, WG, PINGPONG, JOINT_RELEASE)  # fmt: skip
 
     # epilogue: acc * v_scale / l (l sums P_SCALE * P, like acc), masked store of the valid query rows
     orow_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -329,7 +343,7 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
                     TQ0: gl.constexpr, TQ1: gl.constexpr, TQ2: gl.constexpr,
                     HAS_EXTRA: gl.constexpr, HAS_ELEN: gl.constexpr, NUM_STAGES: gl.constexpr,
                     CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, P_SMEM: gl.constexpr,
-                    PINGPONG: gl.constexpr):  # fmt: skip
+                    PINGPONG: gl.constexpr, JOINT_RELEASE: gl.constexpr):  # fmt: skip
     """Program (query tile, batch * head): tile math (key tiles aligned), shared memory, barriers, partitions.
     Q and K are int8 when their descriptors' dtype is (V e4m3 always)."""
     D: gl.constexpr = k_desc.block_type.shape[1]
@@ -359,8 +373,10 @@ def _gna_fp8_kernel(q_desc, k_desc, vt_desc, out_ptr, elen_ptr, qs_ptr, ks_ptr, 
     pos = _Load8(q_row=bh * NQ + pid * (2 * M), k_row0=bh * NK, vt_row=bh * D, n_tiles=tile.n_tiles)
     gl.warp_specialize(
         [
-            (_consumer8, (smem, p_bufs, turns, out, tile, scales, pid * 2, shape, 0, QK_INT8, P_SMEM, PINGPONG)),
-            (_consumer8, (smem, p_bufs, turns, out, tile, scales, pid * 2, shape, 1, QK_INT8, P_SMEM, PINGPONG)),
+            (_consumer8, (smem, p_bufs, turns, out, tile, scales, pid * 2, shape, 0, QK_INT8, P_SMEM, PINGPONG,
+                          JOINT_RELEASE)),
+            (_consumer8, (smem, p_bufs, turns, out, tile, scales, pid * 2, shape, 1, QK_INT8, P_SMEM, PINGPONG,
+                          JOINT_RELEASE)),
             (_producer8, (q_desc, k_desc, vt_desc, smem, pos, tile, tp)),
         ],
         [4, 1],
@@ -431,6 +447,6 @@ def gna_forward_fp8(problem, *, warmup_only: bool = False):
     consts = dict(
         TQ0=tq[0], TQ1=tq[1], TQ2=tq[2], HAS_EXTRA=has_extra, HAS_ELEN=has_elen, NUM_STAGES=cfgs.GLUON_FP8_STAGES,
         CONSUMER_REGS=cfgs.GLUON_CONSUMER_REGS, PRODUCER_REGS=cfgs.GLUON_PRODUCER_REGS, P_SMEM=cfgs.FP8_P_SMEM,
-        PINGPONG=cfgs.FP8_PINGPONG,
+        PINGPONG=cfgs.FP8_PINGPONG, JOINT_RELEASE=cfgs.FP8_JOINT_RELEASE,
     )  # fmt: skip
     return launch_ws(_gna_fp8_kernel, launch, args, consts, warmup_only)
