@@ -163,9 +163,9 @@ FP8_P_SMEM = True
 #: "ping-pong measured"): no faster (dense 203.2 against 202.5 ms; the same bits); the loop waits on its four
 #: warpgroup barriers per key tile, which ping-pong does not remove. Off; kept to measure again once they are gone.
 FP8_PINGPONG = False
-#: The 8-bit kernel's consumers free a K/V stage once per key tile, K and V of the previous tile together right
-#: before P's store (gluon_hopper_fp8._kv_loop8), instead of K as soon as its QK^T is done and V after its PV: two of
-#: the loop's four warpgroup syncs per tile (Gluon syncs the warpgroup before each arrive) then sit next to a third.
+#: The 8-bit kernel's consumers free a K/V stage once per key tile, K and V of the previous tile together
+#: after its PV wait (gluon_hopper_fp8._kv_loop8), instead of K as soon as its QK^T is done and V after its PV: Gluon
+#: syncs the warpgroup before each arrive, and the two syncs then sit back to back (3 sync points per tile, not 4).
 #: K is held one tile longer, so the ring needs one more stage for the same prefetch distance (GLUON_FP8_STAGES).
 #: Off until measured on a GPU: the SASS (compiled here) and the CPU checks only.
 FP8_JOINT_RELEASE = False

@@ -216,9 +216,10 @@ def _kv_loop8(q_smem, smem, acc, m_i, l_i, s_zero, tile, c, ROW_BASE: gl.constex
 
     Releasing a stage: Gluon's ``mbarrier.arrive`` syncs the consumer's four warps before thread 0 arrives. By
     default K of tile j is released as soon as its QK^T is done and V of tile j - 1 after its PV (two warpgroup
-    syncs per tile). With ``JOINT_RELEASE`` both are released together, after the rescale and right before P's
-    store (whose own sync then follows at once): one sync point instead of three before the P hand-off, at the
-    cost of holding K one tile longer (configs.FP8_JOINT_RELEASE wants more stages)."""
+    syncs per tile, besides the two around P's store). With ``JOINT_RELEASE`` K and V of tile j - 1 are released
+    together after the PV wait, their two syncs back to back (the second finds the warps together): three sync
+    points per tile instead of four, at the cost of holding K one tile longer (configs.FP8_JOINT_RELEASE wants one
+    more stage)."""
     k_bufs = smem.k_bufs
     v_bufs = smem.v_bufs
     NUM_STAGES: gl.constexpr = k_bufs.shape[0]
