@@ -189,7 +189,7 @@ def tiled_sizes(grid3, tile, t_extra: int) -> tuple[tuple[int, int, int], int, i
 def smoothing_mean(key: torch.Tensor) -> torch.Tensor:
     """The vector subtracted from every key: the fp32 mean of every :data:`SMOOTH_STRIDE`-th grid key
     ``[B, H, D]``."""
-    return key[:, ::SMOOTH_STRIDE].to(torch.float32).mean(dim=1)
+    return key[:, ::SMOOTH_STRIDE].mean(dim=1, dtype=torch.float32)  # accumulates in fp32 without an fp32 copy
 
 
 def _extremes(x: torch.Tensor, extra: torch.Tensor | None, extra_lengths: torch.Tensor | None):
