@@ -56,8 +56,10 @@ def _e4m3(x: torch.Tensor) -> torch.Tensor:
     return (x / s).to(F8).float() * s
 
 
-def _int8(x: torch.Tensor) -> torch.Tensor:
-    s = x.abs().amax().clamp(min=1e-30) / 127.0
+def _int8(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Symmetric int8 quantize-dequantize: one scale for ``x``, or one per slice along ``dim`` (kept)."""
+    amax = x.abs().amax() if dim is None else x.abs().amax(dim, keepdim=True)
+    s = amax.clamp(min=1e-30) / 127.0
     return (x / s).round().clamp(-127, 127) * s
 
 
@@ -74,8 +76,7 @@ def attend(q, k, v, allowed, scale, variant: str | None) -> torch.Tensor:
         if variant.endswith("k-head"):
             k = _int8(k)
         elif variant.endswith("k-token"):
-            ks = k.abs().amax(1, keepdim=True).clamp(min=1e-30) / 127.0
-            k = (k / ks).round().clamp(-127, 127) * ks
+            k = _int8(k, dim=1)
         else:
             k = _blocks(k, 128, qk)
         scale = 1.0

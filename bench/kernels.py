@@ -283,7 +283,8 @@ def _fp8(name, params, x, n_text, out_bf16, ours, args) -> dict:
     kmean = fp8_layout.smoothing_mean(k)
     rec["fp8_layout_parts_ms"] = {  # the passes before the layout kernel; the kernel takes the rest
         "k_mean": _bench(lambda: fp8_layout.smoothing_mean(k), args.quick),
-        "k_scale": _bench(lambda: fp8_layout.key_scale(k, kmean, ek, None, 127.0), args.quick),
+        "k_scale": _bench(lambda: fp8_layout.key_scale(k, kmean, ek, None, fp8_layout.qk_max(configs.FP8_QK_INT8)),
+                          args.quick),
         "v_scale": _bench(lambda: fp8_layout.value_scale(v, ev), args.quick),
     }
     if args.fp8_layout_warps:  # the layout step alone at each warp count (configs.FP8_LAYOUT_WARPS)

@@ -26,10 +26,9 @@ except ImportError:  # pragma: no cover - tests/ made a package
 @pytest.mark.parametrize("grid,extra,lengths", [((3, 10, 12), 0, None), ((2, 9, 17), 20, [20, 13])])
 def test_layout_step_under_the_interpreter(grid, extra, lengths, qk_int8):
     """Positions, padding and scales exactly; int8 values exactly; the e4m3 values within one e4m3 step of PyTorch's
-    rounding (the
-    interpreter's float8 cast rounds ties away from zero), or half of it where PyTorch rounds up to a power of two
-    (the interpreter's cast drops that carry into the exponent). Triton 3.x interpreter; on the GPU the bytes are
-    equal (tests/test_gluon_fp8_gpu.py)."""
+    rounding (the interpreter's float8 cast rounds ties away from zero), or half of it where PyTorch rounds up to a
+    power of two (the interpreter's cast drops that carry into the exponent). Triton 3.x interpreter; on the GPU the
+    bytes are equal (tests/test_gluon_fp8_gpu.py)."""
     from na_accel.kernels.fp8_layout import quantize_tiled
 
     torch.manual_seed(0)

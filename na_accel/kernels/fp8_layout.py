@@ -220,6 +220,11 @@ def value_scale(value: torch.Tensor, extra_value: torch.Tensor | None,
     return _scale_of(torch.maximum(hi.abs(), lo.abs()), FP8_MAX)
 
 
+def qk_max(qk_int8: bool) -> float:
+    """The largest magnitude Q and K are scaled to: 127 as int8, :data:`FP8_MAX` as e4m3."""
+    return 127.0 if qk_int8 else FP8_MAX
+
+
 def key_scale(key: torch.Tensor, kmean: torch.Tensor, extra_key: torch.Tensor | None,
               extra_lengths: torch.Tensor | None, qk_max: float) -> torch.Tensor:
     """K's scale per (batch, head) ``[B, H]`` fp32: the largest ``|k - k_mean|`` over the grid keys and the valid extra
@@ -231,11 +236,14 @@ def key_scale(key: torch.Tensor, kmean: torch.Tensor, extra_key: torch.Tensor | 
 
 
 def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, int], qk_scale: float,
-                   qk_int8: bool = False) -> TiledFP8:  # fmt: skip
+                   qk_int8: bool | None = None) -> TiledFP8:  # fmt: skip
     """Run the layout step for ``problem`` (fields of :class:`na_accel.ops.dispatch.Problem`) with the kernel's tile
     ``tile`` (3-D, 128 tokens) over the 3-D grid ``grid3``; ``qk_scale`` multiplies Q before quantization.
-    ``qk_int8``: Q and K as int8 (scale max|x| / 127, rounded half up) instead of e4m3."""
+    ``qk_int8``: Q and K as int8 (scale max|x| / 127, rounded half up) or e4m3; None: as the kernel is configured
+    (``configs.FP8_QK_INT8``)."""
     p = problem
+    if qk_int8 is None:
+        qk_int8 = cfgs.FP8_QK_INT8
     q, k, v = p.query, p.key, p.value
     batch, _, heads, head_dim = q.shape
     bt = math.prod(tile)
@@ -257,7 +265,7 @@ def quantize_tiled(problem, tile: tuple[int, int, int], grid3: tuple[int, int, i
     kmean = smoothing_mean(k).contiguous()
     ek, ev = (p.extra_key, p.extra_value) if has_extra else (None, None)
     elen = p.extra_lengths if has_elen else None
-    k_scale = key_scale(k, kmean, ek, elen, 127.0 if qk_int8 else FP8_MAX).contiguous()
+    k_scale = key_scale(k, kmean, ek, elen, qk_max(qk_int8)).contiguous()
     v_scale = value_scale(v, ev, elen).contiguous()
     if not has_extra:  # dummy pointers, never read
         ek, ev = k, v

@@ -650,15 +650,21 @@ def unsupported_reason(problem) -> str | None:
     reason = problem_reason(problem)
     if reason is not None:
         return reason
-    p = problem
-    named = [("query", p.query), ("key", p.key), ("value", p.value)]
-    if p.extra_key is not None and p.extra_key.shape[1] > 0:
-        named += [("extra_key", p.extra_key), ("extra_value", p.extra_value)]
-    for name, t in named:
+    for name, t in _inputs(problem):
         reason = tma_reason(name, t, fold=False)
         if reason is not None:
             return reason
     return None
+
+
+def _inputs(problem) -> list[tuple[str, torch.Tensor]]:
+    """The tensors the Gluon kernels read, by name: Q, K, V and, where there are extra keys, those and their
+    values."""
+    p = problem
+    named = [("query", p.query), ("key", p.key), ("value", p.value)]
+    if p.extra_key is not None and p.extra_key.shape[1] > 0:
+        named += [("extra_key", p.extra_key), ("extra_value", p.extra_value)]
+    return named
 
 
 def problem_reason(problem) -> str | None:

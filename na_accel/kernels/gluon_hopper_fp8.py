@@ -41,6 +41,7 @@ from .gluon_hopper import (
     _all_full,
     _consumer_state,
     _gluon_jit,
+    _inputs,
     _program,
     _Shape,
     _shared_ring,
@@ -398,10 +399,7 @@ def unsupported_reason(problem) -> str | None:
     reason = _gluon_reason(problem)
     if reason is not None:
         return reason
-    has_extra = problem.extra_key is not None and problem.extra_key.shape[1] > 0
-    for name, t in (("query", problem.query), ("key", problem.key), ("value", problem.value)) + (
-        (("extra_key", problem.extra_key), ("extra_value", problem.extra_value)) if has_extra else ()
-    ):
+    for name, t in _inputs(problem):
         if t.stride(-1) != 1:
             return f"{name} has a non-contiguous last dim (stride {t.stride(-1)})"
     if not hasattr(torch, "float8_e4m3fn"):
@@ -432,7 +430,7 @@ def gna_forward_fp8(problem, *, warmup_only: bool = False):
     grid3, ks3, st3, _, _ = params3(p.params)
     tq, _ = cfgs.GLUON[p.params.ndim]
     qk_scale = float(p.scale) * _LOG2E
-    tiled = quantize_tiled(p, tq, grid3, qk_scale, qk_int8=cfgs.FP8_QK_INT8)
+    tiled = quantize_tiled(p, tq, grid3, qk_scale)
     bn = math.prod(tq)
     q_desc = _desc(tiled.q8, [bn // 2, head_dim])
     k_desc = _desc(tiled.k8, [bn, head_dim])
