@@ -12,7 +12,7 @@ from na_accel.ops.semantics import make_params
 
 def _problem(q, k, v, ek=None, ev=None, lengths=None):
     params = make_params((4, 6, 8), 3)
-    return Problem(q, k, v, params, 0.125, ek, ev, lengths, None, torch.empty_like(q), None, None, None)
+    return Problem(q, k, v, params, 0.125, ek, ev, lengths, None, torch.zeros_like(q), None, None, None)  # no NaN
 
 
 def test_contiguous_and_packed_batches_fold():
